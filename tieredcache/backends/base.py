@@ -1,0 +1,409 @@
+"""The backend contract, and the friendly API every backend inherits.
+
+A backend stores one layer. It implements a small set of protected hooks (``_get``,
+``_set``, ``_add``, ...); this base class turns them into the public entry-level methods
+that a composition calls (:meth:`Backend.get_entry`, :meth:`Backend.set_entry`, ...) and
+the friendly API users call (:meth:`Backend.get`, :meth:`Backend.set`,
+:meth:`Backend.get_or_set`, ...). It validates keys and TTLs, never returns an expired
+entry, counts hits, misses and errors, and translates driver errors into
+:class:`~tieredcache.errors.BackendError` at one boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import typing as t
+
+from tieredcache.entry import DEFAULT
+from tieredcache.entry import Entry
+from tieredcache.entry import Timer
+from tieredcache.entry import next_version
+from tieredcache.entry import validate_ttl
+from tieredcache.errors import BackendError
+from tieredcache.errors import DeserializationError
+from tieredcache.errors import InvalidKeyError
+from tieredcache.errors import TieredCacheError
+from tieredcache.locks import SingleFlight
+from tieredcache.serializers import EntryCodec
+from tieredcache.stats import Counters
+
+__all__ = ["COUNTERS", "Backend"]
+
+logger = logging.getLogger("tieredcache")
+
+COUNTERS = ("hits", "misses", "errors", "corrupt", "sets", "deletes")
+"""Every backend's counters. ``hits + misses + errors`` equals the number of keys looked up;
+``corrupt`` counts payloads that failed to verify or decode (each also counted as a miss)."""
+
+_HITS, _MISSES, _ERRORS, _CORRUPT, _SETS, _DELETES = range(len(COUNTERS))
+
+T = t.TypeVar("T")
+
+
+class Backend:
+    """Base class of every storage layer, and of :class:`~tieredcache.TieredCache`.
+
+    Subclasses implement the protected hooks; the defaults of the ``_many`` hooks loop
+    over the single-key ones, and drivers override them with batch commands. Every
+    backend is thread-safe.
+
+    :param default_ttl: the TTL in seconds used when a call passes none (``None`` = forever).
+    :param timer: the clock, in epoch seconds (``time.time``); tests pass a fake one.
+    """
+
+    #: A short name used in errors, logs and stats.
+    name: t.ClassVar[str] = "backend"
+    #: True when calls never wait on I/O (an in-process store); compositions run such a
+    #: layer on the caller's thread.
+    local: t.ClassVar[bool] = False
+    #: Driver exception types that :meth:`_translate` turns into ``BackendError``.
+    _driver_errors: t.ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self, *, default_ttl: float | None = None, timer: Timer | None = None) -> None:
+        self.default_ttl = validate_ttl(default_ttl, name="default_ttl")
+        self.timer: Timer = timer if timer is not None else time.time
+        self._counters = Counters(COUNTERS)
+        self._flights = SingleFlight()
+
+    # -- hooks for subclasses ---------------------------------------------------------
+
+    def _get(self, key: str) -> Entry | None:
+        """The stored entry, possibly expired (the caller filters), or ``None``."""
+        raise NotImplementedError
+
+    def _get_many(self, keys: list[str]) -> dict[str, Entry]:
+        """The stored entries of ``keys`` that exist (possibly expired)."""
+        found = {}
+        for key in keys:
+            entry = self._get(key)
+            if entry is not None:
+                found[key] = entry
+        return found
+
+    def _set(self, key: str, entry: Entry) -> None:
+        """Store ``entry`` (unexpired) under ``key``, replacing any other."""
+        raise NotImplementedError
+
+    def _set_many(self, items: dict[str, Entry]) -> None:
+        """Store every item; all unexpired."""
+        for key, entry in items.items():
+            self._set(key, entry)
+
+    def _add(self, key: str, entry: Entry) -> bool:
+        """Store ``entry`` only if ``key`` holds no unexpired entry; atomically."""
+        raise NotImplementedError
+
+    def _delete(self, key: str) -> bool:
+        """Remove ``key``; True if it held an entry (expired or not)."""
+        raise NotImplementedError
+
+    def _delete_many(self, keys: list[str]) -> int:
+        """Remove ``keys``; how many held an entry."""
+        return sum(1 for key in keys if self._delete(key))
+
+    def _incr(self, key: str, delta: int) -> int:
+        """Add ``delta`` to the integer under ``key`` atomically, keeping its expiry.
+
+        Raises ``KeyError`` when the key is missing or expired and ``TypeError`` when the
+        value is not an integer.
+        """
+        raise NotImplementedError
+
+    def _touch(self, key: str, expires_at: float | None) -> bool:
+        """Give an unexpired entry a new expiry; False if there is none."""
+        raise NotImplementedError
+
+    def _clear(self) -> None:
+        """Remove every entry this backend owns (and nothing else)."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release connections and threads; later calls may reconnect."""
+
+    def _translate(self, exc: BaseException) -> BackendError:
+        """Map a driver exception to the most specific ``BackendError``."""
+        return BackendError(f"{type(exc).__name__}: {exc}", backend=self.name)
+
+    def _stats_extra(self) -> dict[str, t.Any]:
+        """Backend-specific figures added to :meth:`stats`."""
+        return {}
+
+    # -- shared helpers ---------------------------------------------------------------
+
+    def _call(self, fn: t.Callable[..., T], *args: t.Any) -> T:
+        """Run a hook, translating driver errors at this one boundary."""
+        try:
+            return fn(*args)
+        except TieredCacheError:
+            raise
+        except self._driver_errors as exc:
+            raise self._translate(exc) from exc
+
+    def _decode(self, codec: EntryCodec, key: str, data: bytes) -> Entry | None:
+        """Decode an envelope; a payload that fails to verify or decode is a logged miss."""
+        try:
+            return codec.decode(data)
+        except DeserializationError as exc:
+            self._counters.slot()[_CORRUPT] += 1
+            logger.warning("%s: discarding an undecodable payload for %r: %s", self.name, key, exc)
+            return None
+
+    def _count_lookups(self, hits: int, misses: int) -> None:
+        slot = self._counters.slot()
+        slot[_HITS] += hits
+        slot[_MISSES] += misses
+
+    def _now(self) -> float:
+        return self.timer()
+
+    def _resolve_ttl(self, ttl: t.Any) -> float | None:
+        if ttl is DEFAULT:
+            return self.default_ttl
+        return validate_ttl(ttl)
+
+    def _new_entry(self, value: t.Any, ttl: t.Any) -> Entry | None:
+        """The entry for ``value`` under ``ttl``, or ``None`` when the TTL means "do not store"."""
+        seconds = self._resolve_ttl(ttl)
+        if seconds is None:
+            return Entry(value, None, next_version())
+        if seconds <= 0:
+            return None
+        return Entry(value, self._now() + seconds, next_version())
+
+    # -- entry-level API (what compositions call) ------------------------------------
+
+    def get_entry(self, key: str) -> Entry | None:
+        """The unexpired entry under ``key``, or ``None``.
+
+        :raises InvalidKeyError: ``key`` is not a string.
+        :raises BackendError: the store failed.
+        """
+        _check_key(key)
+        try:
+            entry = self._call(self._get, key)
+        except BaseException:
+            self._counters.slot()[_ERRORS] += 1
+            raise
+        if entry is None or (entry.expires_at is not None and entry.expires_at <= self._now()):
+            self._counters.slot()[_MISSES] += 1
+            return None
+        self._counters.slot()[_HITS] += 1
+        return entry
+
+    def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
+        """The unexpired entries of ``keys``, by key; missing keys are absent."""
+        wanted = _unique_keys(keys)
+        if not wanted:
+            return {}
+        try:
+            found = self._call(self._get_many, wanted)
+        except BaseException:
+            self._counters.slot()[_ERRORS] += len(wanted)
+            raise
+        now = self._now()
+        fresh = {
+            k: e
+            for k, e in found.items()
+            if e is not None and (e.expires_at is None or e.expires_at > now)
+        }
+        self._count_lookups(len(fresh), len(wanted) - len(fresh))
+        return fresh
+
+    def set_entry(self, key: str, entry: Entry) -> None:
+        """Store ``entry`` under ``key``; an already expired entry deletes the key instead."""
+        _check_key(key)
+        if entry.expires_at is not None and entry.expires_at <= self._now():
+            self.delete(key)
+            return
+        self._call(self._set, key, entry)
+        self._counters.slot()[_SETS] += 1
+
+    def set_entries(self, items: t.Mapping[str, Entry]) -> None:
+        """Store every item; expired ones delete their key instead."""
+        for key in items:
+            _check_key(key)
+        now = self._now()
+        live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
+        dead = [k for k in items if k not in live]
+        if live:
+            self._call(self._set_many, live)
+            self._counters.slot()[_SETS] += len(live)
+        if dead:
+            self.delete_many(dead)
+
+    def add_entry(self, key: str, entry: Entry) -> bool:
+        """Store ``entry`` only if ``key`` holds no unexpired entry (atomic); True if stored."""
+        _check_key(key)
+        if entry.expires_at is not None and entry.expires_at <= self._now():
+            return False
+        added = self._call(self._add, key, entry)
+        if added:
+            self._counters.slot()[_SETS] += 1
+        return added
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True if it held an entry."""
+        _check_key(key)
+        deleted = self._call(self._delete, key)
+        self._counters.slot()[_DELETES] += 1
+        return deleted
+
+    def delete_many(self, keys: t.Iterable[str]) -> int:
+        """Remove ``keys``; how many held an entry."""
+        wanted = _unique_keys(keys)
+        if not wanted:
+            return 0
+        deleted = self._call(self._delete_many, wanted)
+        self._counters.slot()[_DELETES] += len(wanted)
+        return deleted
+
+    def touch_entry(self, key: str, expires_at: float | None) -> bool:
+        """Give the unexpired entry under ``key`` a new absolute expiry; False if none."""
+        _check_key(key)
+        if expires_at is not None and expires_at <= self._now():
+            return self.delete(key)
+        return self._call(self._touch, key, expires_at)
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to the integer under ``key`` atomically and return the new value.
+
+        The entry keeps its expiry.
+
+        :raises KeyError: the key is missing or expired.
+        :raises TypeError: ``delta`` or the stored value is not an integer.
+        """
+        _check_key(key)
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"delta must be an int, not {type(delta).__name__}")
+        value = self._call(self._incr, key, delta)
+        self._counters.slot()[_SETS] += 1
+        return value
+
+    def decr(self, key: str, delta: int = 1) -> int:
+        """Subtract ``delta`` from the integer under ``key``; see :meth:`incr`."""
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"delta must be an int, not {type(delta).__name__}")
+        return self.incr(key, -delta)
+
+    def clear(self) -> None:
+        """Remove every entry this backend owns."""
+        self._call(self._clear)
+
+    def close(self) -> None:
+        """Release connections and threads. Stored data is kept."""
+        self._call(self._close)
+
+    # -- friendly API -----------------------------------------------------------------
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        """The value under ``key``, or ``default`` when it is missing or expired."""
+        entry = self.get_entry(key)
+        return default if entry is None else entry.value
+
+    def set(self, key: str, value: t.Any, ttl: t.Any = DEFAULT) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds.
+
+        ``ttl=None`` stores it forever; ``0`` or less stores nothing and deletes any value
+        the key had; by default the backend's ``default_ttl`` applies.
+
+        :raises SerializationError: the value cannot be serialized; nothing was written.
+        :raises BackendError: the store failed.
+        """
+        entry = self._new_entry(value, ttl)
+        if entry is None:
+            self.delete(key)
+        else:
+            self.set_entry(key, entry)
+
+    def add(self, key: str, value: t.Any, ttl: t.Any = DEFAULT) -> bool:
+        """Store ``value`` only if ``key`` holds no value; True if it was stored."""
+        _check_key(key)
+        entry = self._new_entry(value, ttl)
+        if entry is None:
+            return False
+        return self.add_entry(key, entry)
+
+    def has(self, key: str) -> bool:
+        """True if ``key`` holds an unexpired value."""
+        return self.get_entry(key) is not None
+
+    def get_many(self, keys: t.Iterable[str]) -> dict[str, t.Any]:
+        """The values of the ``keys`` that hold one, by key."""
+        return {k: e.value for k, e in self.get_entries(keys).items()}
+
+    def set_many(self, mapping: t.Mapping[str, t.Any], ttl: t.Any = DEFAULT) -> None:
+        """Store every item for ``ttl`` seconds, in one batch where the store allows."""
+        seconds = self._resolve_ttl(ttl)
+        if seconds is not None and seconds <= 0:
+            self.delete_many(list(mapping))
+            return
+        expires_at = None if seconds is None else self._now() + seconds
+        self.set_entries({k: Entry(v, expires_at, next_version()) for k, v in mapping.items()})
+
+    def touch(self, key: str, ttl: t.Any = DEFAULT) -> bool:
+        """Give ``key`` a new TTL; False if it holds no value. ``ttl <= 0`` deletes it."""
+        seconds = self._resolve_ttl(ttl)
+        expires_at = None if seconds is None else self._now() + seconds
+        return self.touch_entry(key, expires_at)
+
+    def get_or_set(
+        self,
+        key: str,
+        loader: t.Callable[[], t.Any],
+        ttl: t.Any = DEFAULT,
+        *,
+        wait_timeout: float | None = None,
+    ) -> t.Any:
+        """The value under ``key``; on a miss, ``loader()``'s result, stored and returned.
+
+        Single-flight in the process: concurrent callers on a missing key run the loader
+        once and all receive its result; if it raises, every waiting caller gets the same
+        exception, and the next call tries again.
+
+        :param wait_timeout: how long a caller waits for another's loader (``None``: as
+            long as the loader takes).
+        :raises LockTimeoutError: ``wait_timeout`` passed.
+        """
+        entry = self.get_entry(key)
+        if entry is not None:
+            return entry.value
+
+        def load() -> t.Any:
+            again = self.get_entry(key)  # a leader that finished just now already stored it
+            if again is not None:
+                return again.value
+            value = loader()
+            self.set(key, value, ttl)
+            return value
+
+        return self._flights.run(key, load, wait_timeout)
+
+    def stats(self) -> dict[str, t.Any]:
+        """Counters (see :data:`COUNTERS`) plus backend-specific figures."""
+        figures: dict[str, t.Any] = {"backend": self.name, **self._counters.snapshot()}
+        figures.update(self._stats_extra())
+        return figures
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def _check_key(key: t.Any) -> None:
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"cache keys must be str, not {type(key).__name__}")
+
+
+def _unique_keys(keys: t.Iterable[str]) -> list[str]:
+    if isinstance(keys, str):
+        raise InvalidKeyError("expected an iterable of keys, got a single str")
+    wanted = list(dict.fromkeys(keys))
+    for key in wanted:
+        _check_key(key)
+    return wanted

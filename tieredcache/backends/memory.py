@@ -1,0 +1,357 @@
+"""
+In-process memory
+=================
+
+:class:`MemoryBackend` keeps entries in the process, bounded by entry count and optionally
+by bytes, evicting by LRU, LFU or FIFO (the ``cachetools`` containers).
+
+Reads take no lock. Every entry lives in a plain dict that only writers change, under the
+lock; a hit reads that dict, checks the expiry and records the key in a small read buffer.
+The buffer is replayed into the eviction order under the lock by the next writer (or by a
+reader that finds the buffer full and the lock free), so recency and frequency are kept
+without making readers queue behind each other.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import sys
+import threading
+import typing as t
+
+import cachetools
+
+from tieredcache.backends.base import _CORRUPT
+from tieredcache.backends.base import _HITS
+from tieredcache.backends.base import _MISSES
+from tieredcache.backends.base import Backend
+from tieredcache.backends.base import _check_key
+from tieredcache.backends.base import _unique_keys
+from tieredcache.backends.base import logger
+from tieredcache.entry import Entry
+from tieredcache.entry import Timer
+from tieredcache.entry import next_version
+from tieredcache.errors import BackendResponseError
+from tieredcache.errors import ConfigurationError
+from tieredcache.errors import DeserializationError
+from tieredcache.serializers import Serializer
+
+__all__ = ["MemoryBackend"]
+
+_POLICIES: dict[str, type[cachetools.Cache]] = {
+    "lru": cachetools.LRUCache,
+    "lfu": cachetools.LFUCache,
+    "fifo": cachetools.FIFOCache,
+}
+_READ_BUFFER = 256
+_ENTRY_OVERHEAD = 160  # dict slot, Entry object and the eviction order's bookkeeping
+
+
+def _order_class(base: type[cachetools.Cache]) -> type[cachetools.Cache]:
+    class _Order(base):  # type: ignore[misc,valid-type]
+        """The eviction order; remembers what it evicts so the read map can follow."""
+
+        def __init__(self, maxsize: float, getsizeof: t.Any = None) -> None:
+            super().__init__(maxsize, getsizeof)
+            self.evicted: list[str] = []
+
+        def popitem(self) -> tuple[str, int]:
+            key, size = super().popitem()
+            self.evicted.append(key)
+            return key, size
+
+    return _Order
+
+
+def _estimate_size(value: t.Any) -> int:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if value is None or isinstance(value, (bool, int, float)):
+        return sys.getsizeof(value)
+    try:
+        return len(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return sys.getsizeof(value)
+
+
+class MemoryBackend(Backend):
+    """An in-process store bounded by entry count and optionally by bytes.
+
+    Thread-safe: every mutation holds one lock; reads take none.
+
+    :param maxsize: the most entries held.
+    :param max_bytes: the most bytes held (keys plus payloads plus a fixed per-entry
+        overhead); ``None`` = no byte bound. Sizes are exact for a serializer's payloads and
+        for ``bytes``/``str`` values, and the pickled size otherwise.
+    :param policy: ``"lru"`` (default), ``"lfu"`` or ``"fifo"``.
+    :param serializer: store values serialized (each read returns a fresh copy); ``None``
+        stores the objects themselves, so readers share them.
+    :param default_ttl: the TTL used when a call passes none.
+    :param timer: the clock.
+    """
+
+    name = "memory"
+    local = True
+
+    def __init__(
+        self,
+        maxsize: int = 1024,
+        *,
+        max_bytes: int | None = None,
+        policy: str = "lru",
+        serializer: Serializer | None = None,
+        default_ttl: float | None = None,
+        timer: Timer | None = None,
+    ) -> None:
+        super().__init__(default_ttl=default_ttl, timer=timer)
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise ConfigurationError(f"maxsize must be a positive int, not {maxsize!r}")
+        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ConfigurationError(f"max_bytes must be a positive int or None, not {max_bytes!r}")
+        if policy not in _POLICIES:
+            raise ConfigurationError(f"policy must be one of {sorted(_POLICIES)}, not {policy!r}")
+        self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self.serializer = serializer
+        self._lock = threading.Lock()
+        self._data: dict[str, Entry] = {}
+        order_cls = _order_class(_POLICIES[policy])
+        if max_bytes is None:
+            self._order = order_cls(maxsize)
+        else:
+            self._order = order_cls(max_bytes, getsizeof=_identity)
+        # FIFO order does not change on reads, so reads need not be recorded.
+        self._reads: collections.deque[str] | None = (
+            None if policy == "fifo" else collections.deque(maxlen=_READ_BUFFER)
+        )
+
+    # -- reads: no lock ---------------------------------------------------------------
+
+    def get_entry(self, key: str) -> Entry | None:
+        try:
+            entry = self._data.get(key)
+        except TypeError:
+            entry = None
+        if entry is None:
+            _check_key(key)
+            self._counters.slot()[_MISSES] += 1
+            return None
+        expires_at = entry.expires_at
+        if expires_at is not None and expires_at <= self.timer():
+            self._expire(key, entry)
+            self._counters.slot()[_MISSES] += 1
+            return None
+        reads = self._reads
+        if reads is not None:
+            reads.append(key)
+            if len(reads) >= _READ_BUFFER and self._lock.acquire(blocking=False):
+                try:
+                    self._replay_reads_locked()
+                finally:
+                    self._lock.release()
+        if self.serializer is not None:
+            thawed = self._thaw(key, entry)
+            if thawed is None:
+                self._counters.slot()[_MISSES] += 1
+                return None
+            entry = thawed
+        self._counters.slot()[_HITS] += 1
+        return entry
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        entry = self.get_entry(key)
+        return default if entry is None else entry.value
+
+    def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
+        found = {}
+        for key in _unique_keys(keys):
+            entry = self.get_entry(key)
+            if entry is not None:
+                found[key] = entry
+        return found
+
+    def _thaw(self, key: str, stored: Entry) -> Entry | None:
+        assert self.serializer is not None
+        try:
+            value = self.serializer.loads(stored.value)
+        except DeserializationError as exc:
+            self._counters.slot()[_CORRUPT] += 1
+            logger.warning("memory: discarding an undecodable value for %r: %s", key, exc)
+            return None
+        return Entry(value, stored.expires_at, stored.version, stored.stale_at)
+
+    def _get(self, key: str) -> Entry | None:
+        entry = self._data.get(key)
+        if entry is not None and self.serializer is not None:
+            return self._thaw(key, entry)
+        return entry
+
+    def _expire(self, key: str, entry: Entry) -> None:
+        with self._lock:
+            if self._data.get(key) is entry:
+                self._remove_locked(key)
+
+    # -- writes: under the lock -------------------------------------------------------
+
+    def _replay_reads_locked(self) -> None:
+        reads = self._reads
+        if not reads:
+            return
+        order = self._order
+        for _ in range(len(reads)):
+            try:
+                key = reads.popleft()
+            except IndexError:
+                break
+            if key in order:
+                order[key]
+
+    def _freeze(self, entry: Entry) -> tuple[Entry, int]:
+        """The entry as stored, and its size in bytes (0 when there is no byte bound)."""
+        if self.serializer is not None:
+            payload = self.serializer.dumps(entry.value)
+            stored = Entry(payload, entry.expires_at, entry.version, entry.stale_at)
+            return stored, (len(payload) + _ENTRY_OVERHEAD if self.max_bytes else 0)
+        if self.max_bytes is None:
+            return entry, 0
+        return entry, _estimate_size(entry.value) + _ENTRY_OVERHEAD
+
+    def _store_locked(self, key: str, stored: Entry, size: int) -> None:
+        order = self._order
+        self._replay_reads_locked()
+        if key in order:
+            del order[key]
+        if self.max_bytes is None:
+            order[key] = 1
+        else:
+            order[key] = size + len(key)
+            while len(order) > self.maxsize:
+                order.popitem()
+        self._data[key] = stored
+        if order.evicted:
+            for gone in order.evicted:
+                self._data.pop(gone, None)
+            order.evicted.clear()
+
+    def _check_size(self, key: str, size: int) -> None:
+        if self.max_bytes is not None and size + len(key) > self.max_bytes:
+            raise BackendResponseError(
+                f"a value of {size} bytes does not fit in max_bytes={self.max_bytes}",
+                backend=self.name,
+            )
+
+    def _remove_locked(self, key: str) -> bool:
+        if self._data.pop(key, None) is None:
+            return False
+        if key in self._order:
+            del self._order[key]
+        return True
+
+    def _set(self, key: str, entry: Entry) -> None:
+        stored, size = self._freeze(entry)  # outside the lock: serializing can be slow
+        self._check_size(key, size)
+        with self._lock:
+            self._store_locked(key, stored, size)
+
+    def _set_many(self, items: dict[str, Entry]) -> None:
+        frozen = {key: self._freeze(entry) for key, entry in items.items()}
+        for key, (_, size) in frozen.items():
+            self._check_size(key, size)
+        with self._lock:
+            for key, (stored, size) in frozen.items():
+                self._store_locked(key, stored, size)
+
+    def _add(self, key: str, entry: Entry) -> bool:
+        stored, size = self._freeze(entry)
+        self._check_size(key, size)
+        with self._lock:
+            current = self._data.get(key)
+            if current is not None and not current.expired(self.timer()):
+                return False
+            self._store_locked(key, stored, size)
+            return True
+
+    def _delete(self, key: str) -> bool:
+        with self._lock:
+            return self._remove_locked(key)
+
+    def _delete_many(self, keys: list[str]) -> int:
+        with self._lock:
+            return sum(1 for key in keys if self._remove_locked(key))
+
+    def _incr(self, key: str, delta: int) -> int:
+        with self._lock:
+            current = self._data.get(key)
+            if current is None or current.expired(self.timer()):
+                raise KeyError(key)
+            value = current.value
+            if self.serializer is not None:
+                value = self.serializer.loads(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"the value under {key!r} is not an integer")
+            result = value + delta
+            updated = Entry(result, current.expires_at, next_version(), current.stale_at)
+            stored, size = self._freeze(updated)
+            self._store_locked(key, stored, size)
+            return result
+
+    def _touch(self, key: str, expires_at: float | None) -> bool:
+        with self._lock:
+            current = self._data.get(key)
+            if current is None or current.expired(self.timer()):
+                return False
+            self._data[key] = current.replace(expires_at=expires_at)
+            return True
+
+    def _clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._order.clear()
+            if self._reads is not None:
+                self._reads.clear()
+
+    def purge_expired(self) -> int:
+        """Remove every expired entry now; how many were removed."""
+        now = self.timer()
+        with self._lock:
+            dead = [k for k, e in self._data.items() if e.expired(now)]
+            for key in dead:
+                self._remove_locked(key)
+            return len(dead)
+
+    # -- introspection ----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def currsize(self) -> int:
+        """Entries held, or bytes held when ``max_bytes`` is set."""
+        return int(self._order.currsize)
+
+    def _stats_extra(self) -> dict[str, t.Any]:
+        with self._lock:
+            figures: dict[str, t.Any] = {"entries": len(self._data), "maxsize": self.maxsize}
+            if self.max_bytes is not None:
+                figures.update(bytes=int(self._order.currsize), max_bytes=self.max_bytes)
+        return figures
+
+    def _check_invariants(self) -> None:
+        """Assert the internal structures agree and respect the bounds (for tests)."""
+        with self._lock:
+            assert set(self._data) == set(self._order.keys()), "read map and order disagree"
+            assert len(self._data) <= self.maxsize, "more entries than maxsize"
+            if self.max_bytes is not None:
+                assert self._order.currsize <= self.max_bytes, "more bytes than max_bytes"
+
+    def __repr__(self) -> str:
+        bound = f", max_bytes={self.max_bytes}" if self.max_bytes else ""
+        return f"<MemoryBackend maxsize={self.maxsize}{bound} policy={self.policy}>"
+
+
+def _identity(size: int) -> int:
+    return size

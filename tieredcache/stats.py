@@ -1,0 +1,96 @@
+"""Counters that add up, without a lock on the hot path.
+
+Each thread increments its own small list of counters, so an increment is a plain list
+update that no other thread writes. A snapshot sums the lists of live threads plus what
+finished threads left behind, under a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+import weakref
+
+__all__ = ["Counters"]
+
+
+class Counters:
+    """A fixed set of named, monotonically increasing counters.
+
+    Thread-safe: increments from any thread are never lost, and :meth:`snapshot` is
+    consistent for counts that a single call increments together.
+
+    :param names: the counter names, in display order.
+    """
+
+    def __init__(self, names: t.Sequence[str]) -> None:
+        self.names = tuple(names)
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._live: dict[int, list[int]] = {}
+        self._retired = [0] * len(self.names)
+
+    def slot(self) -> list[int]:
+        """The calling thread's counter list (index with :meth:`index`)."""
+        try:
+            return self._local.slot  # type: ignore[no-any-return]
+        except AttributeError:
+            return self._new_slot()
+
+    def _new_slot(self) -> list[int]:
+        slot = [0] * len(self.names)
+        ident = id(slot)
+        with self._lock:
+            self._live[ident] = slot
+        self._local.slot = slot
+        # When the thread ends its local storage is dropped, and the guard folds the counts in.
+        self._local.guard = _RetireOnExit(self, ident)
+        return slot
+
+    def _retire(self, ident: int) -> None:
+        with self._lock:
+            slot = self._live.pop(ident, None)
+            if slot is not None:
+                for i, value in enumerate(slot):
+                    self._retired[i] += value
+
+    def index(self, name: str) -> int:
+        """The position of ``name`` in a slot."""
+        return self._index[name]
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        """Add ``amount`` to the counter ``name``."""
+        self.slot()[self._index[name]] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        """The current totals, by name."""
+        with self._lock:
+            totals = self._retired[:]
+            for slot in self._live.values():
+                for i, value in enumerate(slot):
+                    totals[i] += value
+        return dict(zip(self.names, totals))
+
+    def reset(self) -> None:
+        """Set every counter to zero."""
+        with self._lock:
+            self._retired = [0] * len(self.names)
+            for slot in self._live.values():
+                for i in range(len(slot)):
+                    slot[i] = 0
+
+
+class _RetireOnExit:
+    """Held in a thread's local storage; folds that thread's counts in when it is dropped."""
+
+    __slots__ = ("counters", "ident")
+
+    def __init__(self, counters: Counters, ident: int) -> None:
+        self.counters = weakref.ref(counters)
+        self.ident = ident
+
+    def __del__(self) -> None:
+        counters = self.counters()
+        if counters is not None:
+            counters._retire(self.ident)
