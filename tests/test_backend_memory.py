@@ -102,7 +102,13 @@ def test_byte_bound() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"maxsize": 0}, {"maxsize": 1.5}, {"max_bytes": 0}, {"policy": "random"}, {"default_ttl": "1"}],
+    [
+        {"maxsize": 0},
+        {"maxsize": 1.5},
+        {"max_bytes": 0},
+        {"policy": "random"},
+        {"default_ttl": "1"},
+    ],
 )
 def test_bad_configuration(kwargs: dict[str, t.Any]) -> None:
     with pytest.raises(ConfigurationError):

@@ -8,7 +8,8 @@ The hierarchy::
     ├── BackendError                                       .tier, .backend; cause chained
     │   ├── BackendUnavailableError                        refused, DNS, pool exhausted
     │   │   └── BackendTimeoutError
-    │   ├── BackendResponseError                           server refused (OOM, READONLY, too large)
+    │   ├── BackendResponseError                           server refused (OOM, READONLY)
+    │   │   └── ValueTooLargeError                         a value over the store's item limit
     │   └── BothLayersFailed                               .l1 and .l2 causes, in that order
     ├── SerializationError                                 value cannot be encoded; nothing written
     │   └── DeserializationError                           read path treats it as a miss
@@ -41,6 +42,7 @@ __all__ = [
     "SerializationError",
     "TieredCacheError",
     "TieredCacheWarning",
+    "ValueTooLargeError",
 ]
 
 
@@ -92,6 +94,10 @@ class BackendTimeoutError(BackendUnavailableError):
 
 class BackendResponseError(BackendError):
     """The store answered with an error (out of memory, read-only replica, value too large)."""
+
+
+class ValueTooLargeError(BackendResponseError):
+    """A value is larger than the store accepts; nothing was written to that store."""
 
 
 class BothLayersFailed(BackendError):

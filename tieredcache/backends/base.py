@@ -56,7 +56,7 @@ class Backend:
     name: t.ClassVar[str] = "backend"
     #: True when calls never wait on I/O (an in-process store); compositions run such a
     #: layer on the caller's thread.
-    local: t.ClassVar[bool] = False
+    local: bool = False
     #: Driver exception types that :meth:`_translate` turns into ``BackendError``.
     _driver_errors: t.ClassVar[tuple[type[BaseException], ...]] = ()
 

@@ -32,9 +32,9 @@ from tieredcache.backends.base import logger
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
 from tieredcache.entry import next_version
-from tieredcache.errors import BackendResponseError
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
+from tieredcache.errors import ValueTooLargeError
 from tieredcache.serializers import Serializer
 
 __all__ = ["MemoryBackend"]
@@ -239,7 +239,7 @@ class MemoryBackend(Backend):
 
     def _check_size(self, key: str, size: int) -> None:
         if self.max_bytes is not None and size + len(key) > self.max_bytes:
-            raise BackendResponseError(
+            raise ValueTooLargeError(
                 f"a value of {size} bytes does not fit in max_bytes={self.max_bytes}",
                 backend=self.name,
             )

@@ -1,0 +1,193 @@
+"""Shared fixtures for the whole suite.
+
+Sections: markers, servers (Redis, memcached). Add new sections below the existing ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing as t
+import urllib.parse
+
+import pytest
+
+from tieredcache.testing.servers import ManagedServer
+from tieredcache.testing.servers import MemcachedServer
+from tieredcache.testing.servers import RedisServer
+from tieredcache.testing.servers import ServerNotInstalledError
+
+# == markers ==================================================================================
+
+#: Tests that use any of these fixtures (directly or through another fixture) get the marker.
+MARKER_FIXTURES: dict[str, frozenset[str]] = {
+    "redis": frozenset({"redis_server", "redis_url", "fresh_redis_server"}),
+    "memcached": frozenset({"memcached_server", "memcached_servers", "fresh_memcached_server"}),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Also declared in setup.cfg; repeated here so --strict-markers works with any ini file.
+    config.addinivalue_line(
+        "markers", "redis: needs a redis-server; the session starts its own on a free port"
+    )
+    config.addinivalue_line(
+        "markers", "memcached: needs memcached; the session starts its own on a free port"
+    )
+    config.addinivalue_line("markers", "slow: long-running test (stateful runs, timing, stress)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixturenames = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in MARKER_FIXTURES.items():
+            if fixturenames & fixtures:
+                item.add_marker(marker)
+
+
+# == servers ==================================================================================
+#
+# By default the session starts its own redis-server and memcached on free loopback ports and
+# stops them by PID at the end. A missing binary fails the tests that need it, naming the
+# package to install. TIEREDCACHE_REDIS_URL / TIEREDCACHE_MEMCACHED_SERVERS point the suite at
+# external servers instead; tests that must pause or kill a server then call
+# ``requires_own_server(server)``, which skips them, or use the ``fresh_*`` fixtures, which
+# still start a local server when the binary is there.
+
+REDIS_URL_ENV = "TIEREDCACHE_REDIS_URL"
+MEMCACHED_SERVERS_ENV = "TIEREDCACHE_MEMCACHED_SERVERS"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalRedis:
+    """A Redis server the suite did not start: it can be used, not paused or killed."""
+
+    url: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> ExternalRedis:
+        parts = urllib.parse.urlsplit(url)
+        return cls(url=url, host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalMemcached:
+    """A memcached server the suite did not start: it can be used, not paused or killed."""
+
+    host: str
+    port: int
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> ExternalMemcached:
+        host, sep, port = spec.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise pytest.UsageError(f"{MEMCACHED_SERVERS_ENV} must be host:port, got {spec!r}")
+        return cls(host=host, port=int(port))
+
+
+AnyRedis = t.Union[RedisServer, ExternalRedis]
+AnyMemcached = t.Union[MemcachedServer, ExternalMemcached]
+_ServerT = t.TypeVar("_ServerT", bound=ManagedServer)
+
+
+def _start_or_fail(server: _ServerT, env_var: str) -> _ServerT:
+    try:
+        server.start()
+    except ServerNotInstalledError as exc:
+        if os.environ.get(env_var):
+            pytest.skip(f"{exc}; this test needs a local server it can pause or kill")
+        pytest.fail(str(exc), pytrace=False)
+    return server
+
+
+def _requires_own_server(server: object) -> ManagedServer:
+    if not isinstance(server, ManagedServer):
+        pytest.skip(
+            f"needs a server the test session started itself (to pause, kill or restart it), "
+            f"but the suite uses the external server {server!r} "
+            f"(unset {REDIS_URL_ENV} / {MEMCACHED_SERVERS_ENV} to run it)"
+        )
+    return server
+
+
+@pytest.fixture(scope="session")
+def requires_own_server() -> t.Callable[[object], ManagedServer]:
+    """``requires_own_server(server)`` skips the test unless the session started *server*."""
+    return _requires_own_server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> t.Iterator[AnyRedis]:
+    """The session's Redis: a :class:`RedisServer`, or :class:`ExternalRedis` from the env."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if url:
+        yield ExternalRedis.from_url(url)
+        return
+    server = _start_or_fail(RedisServer(), REDIS_URL_ENV)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> t.Iterator[AnyMemcached]:
+    """The session's memcached: a :class:`MemcachedServer`, or :class:`ExternalMemcached`."""
+    spec = os.environ.get(MEMCACHED_SERVERS_ENV)
+    if spec:
+        yield ExternalMemcached.from_spec(spec)
+        return
+    server = _start_or_fail(MemcachedServer(), MEMCACHED_SERVERS_ENV)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: AnyRedis) -> str:
+    """URL of a database on the session's Redis, flushed before the test."""
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushdb()
+    return redis_server.url
+
+
+@pytest.fixture
+def memcached_servers(memcached_server: AnyMemcached) -> list[tuple[str, int]]:
+    """``[(host, port)]`` of the session's memcached, flushed before the test."""
+    from pymemcache.client.base import Client
+
+    client = Client(memcached_server.address, connect_timeout=5, timeout=5)
+    try:
+        client.flush_all(noreply=False)
+    finally:
+        client.close()
+    return [memcached_server.address]
+
+
+@pytest.fixture
+def fresh_redis_server() -> t.Iterator[RedisServer]:
+    """A Redis of the test's own, for tests that pause, kill or restart it; stopped after."""
+    server = _start_or_fail(RedisServer(), REDIS_URL_ENV)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_memcached_server() -> t.Iterator[MemcachedServer]:
+    """A memcached of the test's own, for tests that pause, kill or restart it; stopped after."""
+    server = _start_or_fail(MemcachedServer(), MEMCACHED_SERVERS_ENV)
+    try:
+        yield server
+    finally:
+        server.stop()
