@@ -28,12 +28,24 @@ from tieredcache.errors import OffloadError
 from tieredcache.errors import SerializationError
 from tieredcache.errors import TieredCacheError
 from tieredcache.errors import TieredCacheWarning
+from tieredcache.errors import ValueTooLargeError
+from tieredcache.policies import LoserPolicy
+from tieredcache.policies import OptimisticParallelWrite
+from tieredcache.policies import ParallelRead
+from tieredcache.policies import RaceRead
+from tieredcache.policies import RaceWrite
+from tieredcache.policies import ReadPolicy
+from tieredcache.policies import Refill
+from tieredcache.policies import SequentialRead
+from tieredcache.policies import SequentialWrite
+from tieredcache.policies import WritePolicy
 from tieredcache.serializers import CompressedSerializer
 from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import JSONSerializer
 from tieredcache.serializers import PickleSerializer
 from tieredcache.serializers import Serializer
 from tieredcache.serializers import SignedSerializer
+from tieredcache.tiered import TieredCache
 
 __version__ = "0.1.0"
 
@@ -49,6 +61,7 @@ _LAZY = {
     "OffloadStats": "tieredcache.offload",
     "ThreadPoolOffload": "tieredcache.offload",
     "default_offload": "tieredcache.offload",
+    "set_default_offload": "tieredcache.offload",
 }
 
 __all__ = [
@@ -66,6 +79,17 @@ __all__ = [
     "Entry",
     "EntryCodec",
     "InvalidKeyError",
+    "LoserPolicy",
+    "OptimisticParallelWrite",
+    "ParallelRead",
+    "RaceRead",
+    "RaceWrite",
+    "ReadPolicy",
+    "Refill",
+    "SequentialRead",
+    "SequentialWrite",
+    "TieredCache",
+    "WritePolicy",
     "JSONSerializer",
     "LockTimeoutError",
     "MemoryBackend",
@@ -77,6 +101,7 @@ __all__ = [
     "SignedSerializer",
     "TieredCacheError",
     "TieredCacheWarning",
+    "ValueTooLargeError",
     "__version__",
     *_LAZY,
 ]

@@ -15,10 +15,12 @@ without making readers queue behind each other.
 from __future__ import annotations
 
 import collections
+import os
 import pickle
 import sys
 import threading
 import typing as t
+import weakref
 
 import cachetools
 
@@ -119,7 +121,8 @@ class MemoryBackend(Backend):
         self.serializer = serializer
         self._lock = threading.Lock()
         self._data: dict[str, Entry] = {}
-        order_cls = _order_class(_POLICIES[policy])
+        order_cls: t.Any = _order_class(_POLICIES[policy])
+        self._order: t.Any
         if max_bytes is None:
             self._order = order_cls(maxsize)
         else:
@@ -128,6 +131,7 @@ class MemoryBackend(Backend):
         self._reads: collections.deque[str] | None = (
             None if policy == "fifo" else collections.deque(maxlen=_READ_BUFFER)
         )
+        _live.add(self)
 
     # -- reads: no lock ---------------------------------------------------------------
 
@@ -355,3 +359,16 @@ class MemoryBackend(Backend):
 
 def _identity(size: int) -> int:
     return size
+
+
+_live: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    # A lock held by another thread at the fork would never be released in the child.
+    for backend in list(_live):
+        backend._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_after_fork)

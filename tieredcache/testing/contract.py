@@ -378,10 +378,18 @@ class BackendContract:
     # -- get_or_set, stats, threads -----------------------------------------------------
 
     def test_get_or_set(self, backend: Backend) -> None:
-        calls = []
-        assert backend.get_or_set("k", lambda: calls.append(1) or "loaded", ttl=10) == "loaded"
-        assert backend.get_or_set("k", lambda: calls.append(1) or "again") == "loaded"
-        assert calls == [1]
+        calls: list[str] = []
+
+        def loader(value: str) -> t.Callable[[], str]:
+            def load() -> str:
+                calls.append(value)
+                return value
+
+            return load
+
+        assert backend.get_or_set("k", loader("loaded"), ttl=10) == "loaded"
+        assert backend.get_or_set("k", loader("again")) == "loaded"
+        assert calls == ["loaded"]
 
     def test_get_or_set_is_single_flight(self, backend: Backend) -> None:
         waiters = 5
