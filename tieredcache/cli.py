@@ -1,0 +1,140 @@
+"""The ``tieredcache`` command: ``python -m tieredcache demo [--l2 URL]``.
+
+``demo`` builds a two-tier cache (memory in front of the embedded SQLite store, or of the
+store named by ``--l2``), runs the main operations through it and prints what each tier
+did, so a new user sees the library work in a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import typing as t
+
+from tieredcache.backends.base import Backend
+from tieredcache.backends.memory import MemoryBackend
+from tieredcache.errors import TieredCacheError
+from tieredcache.policies.write import RaceWrite
+from tieredcache.tiered import TieredCache
+
+__all__ = ["main"]
+
+
+def _l2_from(location: str | None, tmpdir: str) -> Backend:
+    if not location:
+        from tieredcache.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend(os.path.join(tmpdir, "demo.sqlite3"))
+    if location.startswith(("redis://", "rediss://", "unix://", "redis+")):
+        from tieredcache.backends.redis import RedisBackend
+
+        return RedisBackend.from_url(location, prefix="tieredcache-demo:", socket_timeout=2.0)
+    if location.startswith("memcached://"):
+        from tieredcache.backends.memcached import MemcachedBackend
+
+        return MemcachedBackend.from_url(location, prefix="tieredcache-demo:")
+    if location.startswith("sqlite://"):
+        from tieredcache.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend(location[len("sqlite://") :])
+    raise SystemExit(
+        f"unsupported --l2 {location!r}: use redis://, memcached://host:port or sqlite:///path"
+    )
+
+
+def _timed(fn: t.Callable[[], t.Any]) -> tuple[t.Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, (time.perf_counter() - start) * 1e6
+
+
+def demo(location: str | None, out: t.TextIO) -> int:
+    """Run the demo against ``location`` (``None``: the embedded SQLite store)."""
+    with tempfile.TemporaryDirectory(prefix="tieredcache-demo-") as tmpdir:
+        try:
+            l2 = _l2_from(location, tmpdir)
+        except TieredCacheError as exc:
+            print(f"cannot configure the L2 store: {exc}", file=out)
+            return 2
+        cache = TieredCache(MemoryBackend(maxsize=1000), l2, l1_ttl=60)
+        try:
+            return _run(cache, l2, out)
+        except TieredCacheError as exc:
+            print(f"\nthe demo failed: {type(exc).__name__}: {exc}", file=out)
+            return 1
+        finally:
+            cache.close()
+
+
+def _run(cache: TieredCache, l2: Backend, out: t.TextIO) -> int:
+    def say(line: str = "") -> None:
+        print(line, file=out)
+
+    say(f"tieredcache demo: L1 = {cache.l1!r}")
+    say(f"                  L2 = {l2!r}")
+    say()
+    cache.clear()
+    _, us = _timed(lambda: cache.set("user:1", {"name": "Ada", "langs": ["en", "fr"]}, ttl=300))
+    say(f"set user:1 (both tiers)                  {us:9.1f} us")
+    value, us = _timed(lambda: cache.get("user:1"))
+    say(f"get user:1                               {us:9.1f} us  (L1 hit) -> {value!r}")
+    cache.l1.clear()
+    value, us = _timed(lambda: cache.get("user:1"))
+    say(f"get after L1 is emptied                  {us:9.1f} us  (L2 hit, refills L1)")
+    _, us = _timed(lambda: cache.get("user:1"))
+    say(f"get again                                {us:9.1f} us  (L1 hit)")
+    cache.set_many({f"item:{i}": i * i for i in range(100)}, ttl=300)
+    many, us = _timed(lambda: cache.get_many([f"item:{i}" for i in range(100)]))
+    say(f"get_many of 100 keys                     {us:9.1f} us  ({len(many)} found)")
+    cache.set("hits", 0, ttl=None)
+    for _ in range(5):
+        cache.incr("hits")
+    say(f"incr x5 -> {cache.get('hits')}")
+    calls: list[str] = []
+
+    def build_report(text: str) -> t.Callable[[], str]:
+        def load() -> str:
+            calls.append(text)
+            return text
+
+        return load
+
+    loaded = cache.get_or_set("report", build_report("computed once"), ttl=60)
+    cache.get_or_set("report", build_report("computed twice"), ttl=60)
+    say(f"get_or_set twice -> {loaded!r}, loader ran {len(calls)} time(s)")
+    say(f"delete user:1 -> {cache.delete('user:1')}; get -> {cache.get('user:1')!r}")
+    racing = TieredCache(cache.l1, l2, write=RaceWrite())
+    racing.set("race", "warm-up: starts the worker threads", ttl=60)
+    _, us = _timed(lambda: racing.set("race", "returns at the first success", ttl=60))
+    racing.drain(10)
+    say(f"RaceWrite set                            {us:9.1f} us  (L2 completes in the background)")
+    say(f"after drain(), L2 holds the raced value: {l2.get('race') is not None}")
+    figures = cache.stats()
+    say()
+    say(
+        f"stats: hits={figures['hits']} misses={figures['misses']} l1_hits={figures['l1_hits']} "
+        f"l2_hits={figures['l2_hits']} refills={figures['refills']}"
+    )
+    cache.clear()
+    return 0
+
+
+def main(argv: t.Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m tieredcache`` and the ``tieredcache`` script."""
+    parser = argparse.ArgumentParser(prog="tieredcache", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_demo = commands.add_parser(
+        "demo", help="show the tiers working (memory + SQLite by default)"
+    )
+    run_demo.add_argument(
+        "--l2",
+        metavar="URL",
+        help="the L2 store: redis://host:port/db, memcached://host:port or sqlite:///path "
+        "(default: an embedded SQLite file)",
+    )
+    args = parser.parse_args(argv)
+    assert args.command == "demo"  # the only command, and a required one
+    return demo(args.l2, sys.stdout)

@@ -1,0 +1,619 @@
+"""
+Composition
+===========
+
+:class:`TieredCache` composes two layers, an L1 and an L2, with a read, a write and a refill
+policy. It is a backend itself, so compositions nest: ``TieredCache(l1, TieredCache(l2,
+l3))`` is a three-tier cache. It holds no data of its own; the policies decide the control
+flow and :mod:`tieredcache.ordering` keeps late writes from overtaking newer ones.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import typing as t
+
+from tieredcache.backends.base import _CORRUPT
+from tieredcache.backends.base import _DELETES
+from tieredcache.backends.base import _ERRORS
+from tieredcache.backends.base import _HITS
+from tieredcache.backends.base import _MISSES
+from tieredcache.backends.base import _SETS
+from tieredcache.backends.base import COUNTERS
+from tieredcache.backends.base import Backend
+from tieredcache.backends.base import _check_key
+from tieredcache.backends.base import _unique_keys
+from tieredcache.backends.null import NullBackend
+from tieredcache.entry import Entry
+from tieredcache.entry import Timer
+from tieredcache.entry import next_version
+from tieredcache.entry import validate_ttl
+from tieredcache.errors import BothLayersFailed
+from tieredcache.errors import ConfigurationError
+from tieredcache.errors import ValueTooLargeError
+from tieredcache.executor import default_executor
+from tieredcache.ordering import KeyState
+from tieredcache.ordering import Leg
+from tieredcache.ordering import Ordering
+from tieredcache.policies.base import PolicyContext
+from tieredcache.policies.base import tag_tier
+from tieredcache.policies.read import ReadPolicy
+from tieredcache.policies.read import SequentialRead
+from tieredcache.policies.refill import Refill
+from tieredcache.policies.write import LoserPolicy
+from tieredcache.policies.write import RaceWrite
+from tieredcache.policies.write import SequentialWrite
+from tieredcache.policies.write import WritePolicy
+from tieredcache.serializers import Serializer
+
+if t.TYPE_CHECKING:
+    from tieredcache.offload import Offload
+
+__all__ = ["TieredCache"]
+
+logger = logging.getLogger("tieredcache")
+
+TIERED_COUNTERS = (
+    *COUNTERS,
+    "l1_hits",
+    "l2_hits",
+    "refills",
+    "refills_skipped",
+    "refill_errors",
+    "l1_read_errors",
+    "l2_read_errors",
+    "l1_write_errors",
+    "l2_write_errors",
+)
+"""A composition's counters: the backend counters (for the composition as a whole: a hit
+in either layer is one hit) plus per-layer hits, refills and absorbed layer failures."""
+
+_IDX = {name: i for i, name in enumerate(TIERED_COUNTERS)}
+_L1_HITS, _L2_HITS = _IDX["l1_hits"], _IDX["l2_hits"]
+_REFILLS, _REFILLS_SKIPPED, _REFILL_ERRORS = (
+    _IDX["refills"],
+    _IDX["refills_skipped"],
+    _IDX["refill_errors"],
+)
+_L1, _L2 = 0, 1
+
+PartialFailureHook = t.Callable[[str, t.Sequence[str], BaseException], None]
+
+
+class TieredCache(Backend):
+    """Two layers composed by a read, a write and a refill policy; a backend itself.
+
+    Thread-safe. Per key, writes from this process land in every layer in the order they
+    were made: a late race loser or refill never overwrites a newer value or brings back a
+    deleted key, and a leg already in flight to a slow L2 completes before the next write
+    of that key is sent to it.
+
+    :param l1: the near layer (usually a :class:`~tieredcache.MemoryBackend`).
+    :param l2: the far layer (Redis, memcached, SQLite, or another ``TieredCache``).
+    :param read: the read policy (default :class:`~tieredcache.SequentialRead`).
+    :param write: the write policy (default :class:`~tieredcache.SequentialWrite`).
+    :param refill: whether an L2 hit is copied into L1 (default ``Refill.ALWAYS``).
+    :param offload: carries race losers to completion; ``None`` uses the process-wide
+        :func:`~tieredcache.default_offload`, created on first use and drained at exit.
+    :param l1_ttl: an upper bound, in seconds, on how long L1 keeps an entry (on writes
+        and refills), so that L1 copies age out even when L2 is changed by others.
+    :param executor: runs the legs of parallel and racing operations; ``None`` uses a
+        process-wide thread pool.
+    :param default_ttl: the TTL used when a call passes none.
+    :param timer: the clock (default: the L1's).
+    :param on_partial_failure: called as ``hook(tier, keys, exc)`` when a write returned
+        normally although one layer failed (parallel and racing writes).
+    """
+
+    name = "tiered"
+
+    def __init__(
+        self,
+        l1: Backend,
+        l2: Backend,
+        *,
+        read: ReadPolicy | None = None,
+        write: WritePolicy | None = None,
+        refill: Refill = Refill.ALWAYS,
+        offload: Offload | None = None,
+        l1_ttl: float | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        default_ttl: float | None = None,
+        timer: Timer | None = None,
+        on_partial_failure: PartialFailureHook | None = None,
+    ) -> None:
+        if not isinstance(l1, Backend) or not isinstance(l2, Backend):
+            raise ConfigurationError("l1 and l2 must be Backend instances")
+        if l1 is l2:
+            raise ConfigurationError("l1 and l2 must be different backends")
+        super().__init__(default_ttl=default_ttl, timer=timer if timer is not None else l1.timer)
+        self.l1 = l1
+        self.l2 = l2
+        self.read = read if read is not None else SequentialRead()
+        self.write = write if write is not None else SequentialWrite()
+        if not isinstance(self.read, ReadPolicy):
+            raise ConfigurationError(f"read must be a ReadPolicy, not {self.read!r}")
+        if not isinstance(self.write, WritePolicy):
+            raise ConfigurationError(f"write must be a WritePolicy, not {self.write!r}")
+        if not isinstance(refill, Refill):
+            raise ConfigurationError(
+                f"refill must be Refill.ALWAYS or Refill.NEVER, not {refill!r}"
+            )
+        self.refill = refill
+        self.l1_ttl = validate_ttl(l1_ttl, name="l1_ttl")
+        if self.l1_ttl is not None and self.l1_ttl <= 0:
+            raise ConfigurationError("l1_ttl must be positive or None")
+        if (
+            isinstance(self.write, RaceWrite)
+            and self.write.loser is LoserPolicy.OFFLOAD
+            and offload is not None
+            and not offload.runs_tasks
+        ):
+            raise ConfigurationError(
+                "RaceWrite(loser=LoserPolicy.OFFLOAD) needs an offload that runs tasks; "
+                f"{type(offload).__name__} drops them. Use ThreadPoolOffload or "
+                "InlineOffload, or RaceWrite(loser=LoserPolicy.DROP) to drop losers."
+            )
+        self._offload = offload
+        self._executor = executor
+        self.on_partial_failure = on_partial_failure
+        self.local = l1.local and l2.local
+        self._counters = self._counters.__class__(TIERED_COUNTERS)
+        self._ordering = Ordering()
+        self._sequential_read = type(self.read) is SequentialRead
+        self._read_ctx = PolicyContext(None, None, l1.local, self._report_read, "get")
+        self._check_values = self._serializers_to_check()
+        # With a NullBackend as L2 the composition is an L1-only cache: L1 decides add/incr.
+        self._l2_stores_nothing = isinstance(l2, NullBackend)
+
+    # -- configuration helpers --------------------------------------------------------
+
+    @property
+    def offload(self) -> Offload:
+        """The offload carrying this cache's background work."""
+        if self._offload is None:
+            from tieredcache.offload import default_offload
+
+            self._offload = default_offload()
+        return self._offload
+
+    @property
+    def executor(self) -> concurrent.futures.Executor:
+        """The executor running this cache's parallel legs."""
+        if self._executor is None:
+            self._executor = default_executor()
+        return self._executor
+
+    def serializers(self) -> list[Serializer]:
+        """Every serializer the layers use (nested compositions included)."""
+        found: list[Serializer] = []
+        for layer in (self.l1, self.l2):
+            if isinstance(layer, TieredCache):
+                found.extend(layer.serializers())
+            else:
+                serializer = getattr(layer, "serializer", None)
+                if serializer is not None:
+                    found.append(serializer)
+        return found
+
+    def _serializers_to_check(self) -> list[Serializer]:
+        # A value must be serializable by every layer before any layer is written. Under
+        # SequentialWrite the L1 write itself fails first if L1 cannot serialize the value,
+        # so only the serializers L1 does not already apply need a check beforehand.
+        l1_own: list[Serializer] = []
+        if isinstance(self.write, SequentialWrite):
+            l1_own = (
+                self.l1.serializers()
+                if isinstance(self.l1, TieredCache)
+                else [s for s in [getattr(self.l1, "serializer", None)] if s is not None]
+            )
+        unique: list[Serializer] = []
+        for serializer in self.serializers():
+            if all(serializer is not s for s in (*l1_own, *unique)):
+                unique.append(serializer)
+        return unique
+
+    def _check_serializable(self, values: t.Iterable[t.Any]) -> None:
+        for serializer in self._check_values:
+            for value in values:
+                serializer.dumps(value)
+
+    def _cap(self, entry: Entry, now: float) -> Entry:
+        """The entry as L1 keeps it: no longer than ``l1_ttl``."""
+        if self.l1_ttl is None:
+            return entry
+        limit = now + self.l1_ttl
+        if entry.expires_at is not None and entry.expires_at <= limit:
+            return entry
+        return entry.replace(expires_at=limit)
+
+    # -- reporting --------------------------------------------------------------------
+
+    def _report_read(self, tier: str, exc: BaseException) -> None:
+        self._counters.slot()[_IDX[f"{tier}_read_errors"]] += 1
+        logger.warning("tiered: %s read failed, counted as a miss: %r", tier, exc)
+
+    def _write_context(self, keys: t.Sequence[str], operation: str) -> PolicyContext:
+        def report(tier: str, exc: BaseException) -> None:
+            self._counters.slot()[_IDX[f"{tier}_write_errors"]] += 1
+            logger.warning("tiered: %s %s of %d key(s) failed: %r", tier, operation, len(keys), exc)
+            if self.on_partial_failure is not None:
+                try:
+                    self.on_partial_failure(tier, list(keys), exc)
+                except Exception:
+                    logger.exception("tiered: on_partial_failure hook raised")
+
+        if isinstance(self.write, SequentialWrite):
+            return PolicyContext(None, None, self.l1.local, report, operation)
+        offload = self.offload if isinstance(self.write, RaceWrite) else self._offload
+        return PolicyContext(self.executor, offload, self.l1.local, report, operation)
+
+    # -- ordered legs -----------------------------------------------------------------
+
+    def _guarded(
+        self,
+        tier: int,
+        keys: list[str],
+        states: list[KeyState],
+        seq: int,
+        op: t.Callable[[list[str]], object],
+        *,
+        mark: bool = True,
+        supersede: bool = True,
+    ) -> object:
+        """Run ``op`` on the keys whose layer ``tier`` holds nothing newer than ``seq``.
+
+        With ``supersede=False`` the operation runs whatever landed meanwhile (an atomic
+        read-modify-write such as ``incr`` or ``add`` decides at the store itself).
+        """
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        locks = [states[i].locks[tier] for i in order]
+        for lock in locks:
+            lock.acquire()
+        try:
+            if supersede and seq < self._ordering.cleared:
+                return None
+            live = [keys[i] for i in order if not supersede or states[i].written[tier] <= seq]
+            if not live:
+                return None
+            result = op(live)
+            if mark:
+                for i in order:
+                    if states[i].written[tier] < seq:
+                        states[i].written[tier] = seq
+            return result
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    def _legs(
+        self,
+        keys: list[str],
+        seq: int,
+        l1_op: t.Callable[[list[str]], object],
+        l2_op: t.Callable[[list[str]], object],
+    ) -> tuple[Leg, Leg]:
+        states = self._ordering.begin_write(keys, seq)
+
+        def release() -> None:
+            self._ordering.end_leg(keys, states)
+
+        return (
+            Leg(lambda: self._guarded(_L1, keys, states, seq, l1_op), release),
+            Leg(lambda: self._guarded(_L2, keys, states, seq, l2_op), release),
+        )
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get_entry(self, key: str) -> Entry | None:
+        if self._sequential_read:
+            l1_error = None
+            try:
+                entry = self.l1.get_entry(key)
+            except Exception as exc:
+                _check_key(key)
+                self._report_read("l1", tag_tier(exc, "l1"))
+                entry, l1_error = None, exc
+            if entry is not None:
+                slot = self._counters.slot()
+                slot[_HITS] += 1
+                slot[_L1_HITS] += 1
+                return entry
+            found = self._read_through([key], l1_missed=True, l1_error=l1_error)
+        else:
+            _check_key(key)
+            found = self._read_through([key], l1_missed=False)
+        return found.get(key)
+
+    def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
+        wanted = _unique_keys(keys)
+        if not wanted:
+            return {}
+        return self._read_through(wanted, l1_missed=False)
+
+    def _read_through(
+        self, keys: list[str], *, l1_missed: bool, l1_error: BaseException | None = None
+    ) -> dict[str, Entry]:
+        tokens = self._ordering.begin_read(keys)
+        try:
+            if l1_missed:
+                answer = self._sequential_l2(keys, l1_error)
+            else:
+                ctx = self._read_ctx
+                if not self.l1.local:
+                    ctx = PolicyContext(self.executor, None, False, self._report_read, "get")
+                answer = self.read.execute(keys, self.l1.get_entries, self.l2.get_entries, ctx)
+        except BaseException:
+            self._counters.slot()[_ERRORS] += len(keys)
+            self._ordering.end_read(keys, tokens)
+            raise
+        try:
+            slot = self._counters.slot()
+            from_l2 = {k: e for k, (e, tier) in answer.items() if tier == "l2"}
+            slot[_HITS] += len(answer)
+            slot[_MISSES] += len(keys) - len(answer)
+            slot[_L2_HITS] += len(from_l2)
+            slot[_L1_HITS] += len(answer) - len(from_l2)
+            if from_l2 and self.refill is Refill.ALWAYS:
+                self._refill(keys, tokens, from_l2)
+        finally:
+            self._ordering.end_read(keys, tokens)
+        return {k: e for k, (e, _) in answer.items()}
+
+    def _sequential_l2(
+        self, keys: list[str], l1_error: BaseException | None
+    ) -> dict[str, tuple[Entry, str]]:
+        try:
+            found = self.l2.get_entries(keys)
+        except Exception as exc:
+            if l1_error is not None:
+                raise BothLayersFailed(l1_error, tag_tier(exc, "l2"), operation="get") from None
+            raise tag_tier(exc, "l2") from None
+        return {k: (e, "l2") for k, e in found.items()}
+
+    def _refill(
+        self,
+        keys: list[str],
+        tokens: list[tuple[KeyState, int, int]],
+        from_l2: dict[str, Entry],
+    ) -> None:
+        now = self._now()
+        token_of = dict(zip(keys, tokens))
+        chosen = sorted(from_l2)
+        locks = [token_of[k][0].locks[_L1] for k in chosen]
+        for lock in locks:
+            lock.acquire()
+        try:
+            items = {}
+            for key in chosen:
+                if self._ordering.refill_allowed(token_of[key]):
+                    items[key] = self._cap(from_l2[key], now)
+            skipped = len(chosen) - len(items)
+            if items:
+                self.l1.set_entries(items)
+            slot = self._counters.slot()
+            slot[_REFILLS] += len(items)
+            slot[_REFILLS_SKIPPED] += skipped
+        except Exception as exc:
+            # A refill is an optimisation: its failure never changes what the read returns.
+            self._counters.slot()[_REFILL_ERRORS] += 1
+            if not isinstance(exc, ValueTooLargeError):
+                logger.warning("tiered: refilling l1 failed: %r", exc)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    # -- writes -----------------------------------------------------------------------
+
+    def _write_l1(self, items: dict[str, Entry]) -> t.Callable[[list[str]], object]:
+        def op(live: list[str]) -> None:
+            chosen = {k: items[k] for k in live}
+            try:
+                self.l1.set_entries(chosen)
+            except ValueTooLargeError:
+                # A value too large for L1 lives in L2 only; L1 must not keep an older copy.
+                for key, entry in chosen.items():
+                    try:
+                        self.l1.set_entry(key, entry)
+                    except ValueTooLargeError:
+                        self.l1.delete(key)
+
+        return op
+
+    def set_entry(self, key: str, entry: Entry) -> None:
+        self.set_entries({key: entry})
+
+    def set_entries(self, items: t.Mapping[str, Entry]) -> None:
+        for key in items:
+            _check_key(key)
+        now = self._now()
+        live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
+        dead = [k for k in items if k not in live]
+        if live:
+            self._check_serializable([e.value for e in live.values()])
+            keys = list(live)
+            l1_items = {k: self._cap(e, now) for k, e in live.items()}
+            leg1, leg2 = self._legs(
+                keys,
+                next_version(),
+                self._write_l1(l1_items),
+                lambda chosen: self.l2.set_entries({k: live[k] for k in chosen}),
+            )
+            self.write.execute(leg1, leg2, self._write_context(keys, "set"))
+            self._counters.slot()[_SETS] += len(keys)
+        if dead:
+            self.delete_many(dead)
+
+    def add_entry(self, key: str, entry: Entry) -> bool:
+        _check_key(key)
+        now = self._now()
+        if entry.expires_at is not None and entry.expires_at <= now:
+            return False
+        self._check_serializable([entry.value])
+        keys = [key]
+        seq = next_version()
+        states = self._ordering.begin_write(keys, seq)
+        try:
+            if self._l2_stores_nothing:
+                added = self._guarded(
+                    _L1, keys, states, seq, lambda _: self.l1.add_entry(key, self._cap(entry, now))
+                )
+                return bool(added)
+            # L2 is the shared authority: the add is decided there, then mirrored in L1.
+            added = self._guarded(
+                _L2, keys, states, seq, lambda _: self.l2.add_entry(key, entry), supersede=False
+            )
+            if added:
+                self._guarded(_L1, keys, states, seq, self._write_l1({key: self._cap(entry, now)}))
+                self._counters.slot()[_SETS] += 1
+            return bool(added)
+        finally:
+            self._ordering.end_leg(keys, states)
+            self._ordering.end_leg(keys, states)
+
+    def delete(self, key: str) -> bool:
+        _check_key(key)
+        return self._delete_keys([key]) > 0
+
+    def delete_many(self, keys: t.Iterable[str]) -> int:
+        """Remove ``keys`` from both layers (L2 first); a count of the keys removed.
+
+        The count is the larger of the two layers' counts: exact when the layers agree, and
+        a lower bound when some keys were held by L1 only and others by L2 only.
+        """
+        wanted = _unique_keys(keys)
+        if not wanted:
+            return 0
+        return self._delete_keys(wanted)
+
+    def _delete_keys(self, keys: list[str]) -> int:
+        """Delete from L2, then L1, so that a concurrent refill cannot bring a key back."""
+        seq = next_version()
+        states = self._ordering.begin_write(keys, seq)
+        errors: dict[str, BaseException] = {}
+        counts = [0, 0]
+        for tier, layer in ((_L2, self.l2), (_L1, self.l1)):
+            name = "l1" if tier == _L1 else "l2"
+            try:
+                result = self._guarded(tier, keys, states, seq, layer.delete_many)
+                counts[tier] = int(t.cast(int, result or 0))
+            except Exception as exc:
+                errors[name] = tag_tier(exc, name)
+            finally:
+                self._ordering.end_leg(keys, states)
+        self._counters.slot()[_DELETES] += len(keys)
+        if len(errors) == 2:
+            raise BothLayersFailed(errors["l1"], errors["l2"], operation="delete")
+        for failure in errors.values():
+            raise failure
+        return max(counts)
+
+    def touch_entry(self, key: str, expires_at: float | None) -> bool:
+        _check_key(key)
+        if expires_at is not None and expires_at <= self._now():
+            return self.delete(key)
+        keys = [key]
+        seq = next_version()
+        states = self._ordering.begin_write(keys, seq)
+        now = self._now()
+        l1_expiry = self._cap(Entry(None, expires_at), now).expires_at
+        try:
+            touched2 = self._guarded(
+                _L2, keys, states, seq, lambda _: self.l2.touch_entry(key, expires_at), mark=False
+            )
+            touched1 = self._guarded(
+                _L1, keys, states, seq, lambda _: self.l1.touch_entry(key, l1_expiry), mark=False
+            )
+        finally:
+            self._ordering.end_leg(keys, states)
+            self._ordering.end_leg(keys, states)
+        return bool(touched2) or bool(touched1)
+
+    def _incr(self, key: str, delta: int) -> int:
+        if self._l2_stores_nothing:
+            return self.l1.incr(key, delta)
+        keys = [key]
+        seq = next_version()
+        states = self._ordering.begin_write(keys, seq)
+        try:
+
+            def incr_l2(_: list[str]) -> int:
+                try:
+                    return self.l2.incr(key, delta)
+                except KeyError:
+                    # L1 may hold what L2 lost (eviction, Refill.NEVER): seed L2 from it.
+                    held = self.l1.get_entry(key)
+                    if held is None:
+                        raise
+                    self.l2.add_entry(key, held)
+                    return self.l2.incr(key, delta)
+
+            value = self._guarded(_L2, keys, states, seq, incr_l2, supersede=False)
+            # L1 drops its copy; the next read refills it with L2's exact entry.
+            self._guarded(_L1, keys, states, seq, self.l1.delete_many)
+            return t.cast(int, value)
+        finally:
+            self._ordering.end_leg(keys, states)
+            self._ordering.end_leg(keys, states)
+
+    def _clear(self) -> None:
+        self._ordering.cleared = next_version()
+        errors: dict[str, BaseException] = {}
+        for name, layer in (("l2", self.l2), ("l1", self.l1)):
+            try:
+                layer.clear()
+            except Exception as exc:
+                errors[name] = tag_tier(exc, name)
+        if len(errors) == 2:
+            raise BothLayersFailed(errors["l1"], errors["l2"], operation="clear")
+        for failure in errors.values():
+            raise failure
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the offload has finished this cache's background writes."""
+        if self._offload is None:
+            return True
+        return self._offload.drain(timeout)
+
+    def _close(self) -> None:
+        """Finish background writes, then close both layers."""
+        self.drain()
+        errors = []
+        for layer in (self.l1, self.l2):
+            try:
+                layer.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    # -- introspection ----------------------------------------------------------------
+
+    def stats(self) -> dict[str, t.Any]:
+        """The composition's counters, plus ``l1`` and ``l2`` with each layer's stats."""
+        figures = super().stats()
+        figures["l1"] = self.l1.stats()
+        figures["l2"] = self.l2.stats()
+        figures["in_flight_keys"] = len(self._ordering)
+        if self._offload is not None:
+            figures["offload"] = self._offload.stats()
+        return figures
+
+    def _check_invariants(self) -> None:
+        """Assert internal consistency when no operation is in flight (for tests)."""
+        assert len(self._ordering) == 0, "ordering state left behind"
+        for layer in (self.l1, self.l2):
+            check = getattr(layer, "_check_invariants", None)
+            if check is not None:
+                check()
+
+    def __repr__(self) -> str:
+        return (
+            f"<TieredCache l1={self.l1!r} l2={self.l2!r} read={self.read!r} "
+            f"write={self.write!r} refill={self.refill.name}>"
+        )
+
+
+# The base class's entry-level reads count with these indices; the composition keeps them.
+assert tuple(range(6)) == (_HITS, _MISSES, _ERRORS, _CORRUPT, _SETS, _DELETES)
