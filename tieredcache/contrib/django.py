@@ -1,0 +1,316 @@
+"""
+Django cache backend
+====================
+
+:class:`TieredCache` is a Django cache backend: an in-process L1 in front of Redis,
+memcached or a SQLite file, with Django's own cache semantics::
+
+    CACHES = {
+        "default": {
+            "BACKEND": "tieredcache.contrib.django.TieredCache",
+            "LOCATION": "redis://127.0.0.1:6379/0",
+            "TIMEOUT": 300,
+            "OPTIONS": {"MAX_ENTRIES": 10_000},
+        }
+    }
+
+Django makes a backend instance per thread and per alias. Every instance with the same
+``LOCATION``, ``OPTIONS`` and secret keys uses one process-wide
+:class:`tieredcache.TieredCache` (:func:`tieredcache.contrib.config.shared_cache`), so they
+share one L1, one connection pool and one offload; ``KEY_PREFIX``, ``VERSION`` and
+``KEY_FUNCTION`` stay per alias, because keys are made before they reach it.
+
+See ``docs/integrations/django.rst`` for every option.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import typing as t
+from collections.abc import Mapping
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
+from django.core.cache.backends.base import BaseCache
+from django.core.exceptions import ImproperlyConfigured
+
+from tieredcache import tiered
+from tieredcache.contrib import config
+from tieredcache.entry import validate_ttl
+from tieredcache.errors import ConfigurationError
+from tieredcache.errors import DeserializationError
+from tieredcache.errors import SerializationError
+from tieredcache.errors import ValueTooLargeError
+
+__all__ = ["TieredCache"]
+
+
+@contextlib.contextmanager
+def _pickling() -> t.Iterator[None]:
+    """Raise a value that cannot be serialized as Django's backends do: a PicklingError."""
+    try:
+        yield
+    except DeserializationError:
+        raise
+    except SerializationError as exc:
+        raise pickle.PicklingError(str(exc)) from exc
+
+
+class TieredCache(BaseCache):
+    """A Django cache backend on a process-wide :class:`tieredcache.TieredCache`.
+
+    Thread-safe, although Django gives each thread its own instance; the instance holds
+    only its settings, and the tiered cache it uses is shared and thread-safe.
+
+    Semantics are Django's: ``timeout=None`` stores forever, ``0`` or less stores nothing
+    and deletes any value, ``delete`` returns whether the key held a value, ``set_many``
+    returns the keys it could not store, ``incr`` on a missing key raises ``ValueError``.
+    Keys are made and validated by :meth:`make_and_validate_key`, so ``KEY_PREFIX``,
+    ``VERSION`` and ``KEY_FUNCTION`` apply, and a key memcached could not take warns with
+    ``CacheKeyWarning`` (the memcached layer stores it under a hash). Values are pickled
+    in every layer, so a returned object is never the cached one. A value that cannot be
+    pickled raises :class:`pickle.PicklingError` and writes nothing. A failing layer raises
+    :class:`~tieredcache.errors.BackendError`, as Django's Redis backend lets its errors
+    through.
+
+    :param location: ``LOCATION``: a Redis URL, memcached servers, ``sqlite:///path``,
+        ``memory://``, or empty for the embedded SQLite default.
+    :param params: the rest of the ``CACHES`` entry (``TIMEOUT``, ``KEY_PREFIX``,
+        ``VERSION``, ``KEY_FUNCTION``, ``OPTIONS``).
+    :raises ImproperlyConfigured: the location or an option is invalid.
+    """
+
+    def __init__(self, location: t.Any, params: dict[str, t.Any]) -> None:
+        options = params.get("OPTIONS") or {}
+        if not isinstance(options, Mapping):
+            problem = ConfigurationError(
+                f"OPTIONS must be a mapping (a dict), not {type(options).__name__}"
+            )
+            raise ImproperlyConfigured(f"{type(self).__name__}: {problem}") from problem
+        super().__init__(params)
+        timeout = params.get("TIMEOUT", 300)
+        try:
+            self.default_timeout = validate_ttl(timeout, name="TIMEOUT")
+        except ConfigurationError as exc:
+            raise ImproperlyConfigured(f"{type(self).__name__}: {exc}") from exc
+        try:
+            secret = settings.SECRET_KEY
+        except ImproperlyConfigured:  # an empty SECRET_KEY: nothing to sign with
+            secret = None
+        fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", ())
+        try:
+            self._tiered = config.shared_cache(
+                location, options, secret_key=secret or None, fallback_secrets=fallbacks
+            )
+        except ConfigurationError as exc:
+            # The message names the problem; LOCATION itself may hold a password.
+            raise ImproperlyConfigured(f"{type(self).__name__}: {exc}") from exc
+
+    @property
+    def tiered(self) -> tiered.TieredCache:
+        """The process-wide :class:`tieredcache.TieredCache` this backend uses."""
+        return self._tiered
+
+    def get_backend_timeout(self, timeout: t.Any = DEFAULT_TIMEOUT) -> float | None:
+        """The TTL in seconds for a Django ``timeout``: the one place timeouts are converted.
+
+        ``DEFAULT_TIMEOUT`` is the ``TIMEOUT`` setting; ``None`` is forever; ``0`` or less
+        is ``0.0``, which stores nothing and deletes any value.
+        """
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        ttl = validate_ttl(timeout, name="timeout")
+        if ttl is not None and ttl <= 0:
+            return 0.0
+        return ttl
+
+    # -- single keys ----------------------------------------------------------------
+
+    def get(self, key: t.Any, default: t.Any = None, version: int | None = None) -> t.Any:
+        return self._tiered.get(self.make_and_validate_key(key, version=version), default)
+
+    def set(
+        self,
+        key: t.Any,
+        value: t.Any,
+        timeout: t.Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> None:
+        made = self.make_and_validate_key(key, version=version)
+        ttl = self.get_backend_timeout(timeout)
+        with _pickling():
+            try:
+                self._tiered.set(made, value, ttl)
+            except ValueTooLargeError:
+                # L1 may already hold the value that L2 refused: no layer keeps it.
+                self._tiered.delete(made)
+                raise
+
+    def add(
+        self,
+        key: t.Any,
+        value: t.Any,
+        timeout: t.Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> bool:
+        made = self.make_and_validate_key(key, version=version)
+        ttl = self.get_backend_timeout(timeout)
+        if ttl == 0:
+            # Expires at once: nothing is stored; True when the key was free, as Django's
+            # Redis backend answers.
+            return not self._tiered.has(made)
+        with _pickling():
+            return self._tiered.add(made, value, ttl)
+
+    def touch(
+        self, key: t.Any, timeout: t.Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        made = self.make_and_validate_key(key, version=version)
+        return self._tiered.touch(made, self.get_backend_timeout(timeout))
+
+    def delete(self, key: t.Any, version: int | None = None) -> bool:
+        return self._tiered.delete(self.make_and_validate_key(key, version=version))
+
+    def has_key(self, key: t.Any, version: int | None = None) -> bool:
+        return self._tiered.has(self.make_and_validate_key(key, version=version))
+
+    def incr(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
+        """Add ``delta`` atomically (where the L2 store is atomic); keeps the expiry.
+
+        :raises ValueError: the key holds no value.
+        :raises TypeError: the value or ``delta`` is not an integer.
+        """
+        made = self.make_and_validate_key(key, version=version)
+        try:
+            return self._tiered.incr(made, delta)
+        except KeyError:
+            raise ValueError(f"Key '{key}' not found") from None
+
+    def get_or_set(
+        self,
+        key: t.Any,
+        default: t.Any,
+        timeout: t.Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> t.Any:
+        """The value under ``key``; on a miss, ``default`` (called if callable), stored.
+
+        Concurrent callers in the process on a missing key call ``default`` once.
+        """
+        made = self.make_and_validate_key(key, version=version)
+        ttl = self.get_backend_timeout(timeout)
+
+        def loader() -> t.Any:
+            return default() if callable(default) else default
+
+        with _pickling():
+            return self._tiered.get_or_set(made, loader, ttl)
+
+    # -- many keys --------------------------------------------------------------------
+
+    def get_many(self, keys: t.Iterable[t.Any], version: int | None = None) -> dict[t.Any, t.Any]:
+        made = {self.make_and_validate_key(key, version=version): key for key in keys}
+        found = self._tiered.get_many(list(made))
+        return {key: found[m] for m, key in made.items() if m in found}
+
+    def set_many(
+        self,
+        data: t.Mapping[t.Any, t.Any],
+        timeout: t.Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> list[t.Any]:
+        """Store every item; return the keys that a layer refused as too large."""
+        made = {self.make_and_validate_key(key, version=version): key for key in data}
+        ttl = self.get_backend_timeout(timeout)
+        values = {m: data[key] for m, key in made.items()}
+        with _pickling():
+            try:
+                self._tiered.set_many(values, ttl)
+            except ValueTooLargeError:
+                return self._set_each(made, values, ttl)
+        return []
+
+    def _set_each(
+        self, made: dict[str, t.Any], values: dict[str, t.Any], ttl: float | None
+    ) -> list[t.Any]:
+        failed = []
+        for m, key in made.items():
+            try:
+                self._tiered.set(m, values[m], ttl)
+            except ValueTooLargeError:
+                self._tiered.delete(m)
+                failed.append(key)
+        return failed
+
+    def delete_many(self, keys: t.Iterable[t.Any], version: int | None = None) -> None:
+        self._tiered.delete_many([self.make_and_validate_key(k, version=version) for k in keys])
+
+    # -- whole cache --------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Remove every entry of the shared cache, whatever its ``KEY_PREFIX``.
+
+        With Redis this deletes the keys under ``L2_PREFIX`` only; memcached cannot delete
+        by prefix and empties its servers, as Django's memcached backends do.
+        """
+        self._tiered.clear()
+
+    def close(self, **kwargs: t.Any) -> None:
+        """Nothing to do: Django calls this after every request, and the L1, connection
+        pools and offload are shared by the whole process. They are closed by
+        :func:`tieredcache.contrib.config.release_shared_caches` (and at exit).
+        """
+
+    # -- async: each runs the atomic sync method in a thread ---------------------------
+    # BaseCache builds these from aget/aset; the sync methods here are atomic (incr) or
+    # batched (the _many forms), so the async forms call them instead.
+
+    async def aget_many(
+        self, keys: t.Iterable[t.Any], version: int | None = None
+    ) -> dict[t.Any, t.Any]:
+        return await sync_to_async(self.get_many, thread_sensitive=True)(keys, version)
+
+    async def aset_many(
+        self,
+        data: t.Mapping[t.Any, t.Any],
+        timeout: t.Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> list[t.Any]:
+        return await sync_to_async(self.set_many, thread_sensitive=True)(data, timeout, version)
+
+    async def adelete_many(self, keys: t.Iterable[t.Any], version: int | None = None) -> None:
+        await sync_to_async(self.delete_many, thread_sensitive=True)(keys, version)
+
+    async def ahas_key(self, key: t.Any, version: int | None = None) -> bool:
+        return await sync_to_async(self.has_key, thread_sensitive=True)(key, version)
+
+    async def aincr(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
+        return await sync_to_async(self.incr, thread_sensitive=True)(key, delta, version)
+
+    async def adecr(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
+        run = sync_to_async(self.decr, thread_sensitive=True)
+        return t.cast(int, await run(key, delta, version))
+
+    async def aget_or_set(
+        self,
+        key: t.Any,
+        default: t.Any,
+        timeout: t.Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> t.Any:
+        return await sync_to_async(self.get_or_set, thread_sensitive=True)(
+            key, default, timeout, version
+        )
+
+    async def aincr_version(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
+        run = sync_to_async(self.incr_version, thread_sensitive=True)
+        return t.cast(int, await run(key, delta, version))
+
+    async def adecr_version(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
+        run = sync_to_async(self.decr_version, thread_sensitive=True)
+        return t.cast(int, await run(key, delta, version))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} key_prefix={self.key_prefix!r} {self._tiered!r}>"

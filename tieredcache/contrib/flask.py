@@ -1,0 +1,595 @@
+"""
+Flask
+=====
+
+Two ways to use tieredcache in a Flask application:
+
+- :class:`TieredCache`, a Flask-Caching (and cachelib) backend, for
+  ``CACHE_TYPE = "tieredcache.contrib.flask.TieredCache"``. It honours cachelib's contract:
+  cachelib's return values, cachelib's timeouts (``None`` is the default timeout, ``0``
+  never expires) and cachelib's habit of returning ``False``/``None`` instead of raising
+  when the store fails. ``@cache.cached`` and ``@cache.memoize`` work on it.
+- :class:`TieredCacheExtension`, a small extension for apps without Flask-Caching. It is
+  configured from ``TIEREDCACHE_*`` keys and proxies tieredcache's own API (``get``,
+  ``set``, ``get_or_set``, ...), with tieredcache's semantics: ``ttl`` in seconds, ``None``
+  never expires, ``0`` stores nothing, and store failures raise.
+
+Both build their caches with :func:`tieredcache.contrib.config.shared_cache`, so every app
+and every Flask-Caching object configured alike in one process shares one L1, one connection
+pool and one offload. Nothing is closed at the end of a request or app context: the shared
+caches live as long as the process (background writes are drained at interpreter exit by the
+offload's own exit hook); :func:`~tieredcache.contrib.config.release_shared_caches` closes
+them explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import typing as t
+
+from tieredcache.contrib.config import shared_cache
+from tieredcache.entry import DEFAULT
+from tieredcache.entry import validate_ttl
+from tieredcache.errors import BackendError
+from tieredcache.errors import ConfigurationError
+from tieredcache.errors import InvalidKeyError
+from tieredcache.tiered import TieredCache as _CoreCache
+
+try:
+    import flask
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ConfigurationError(
+        "tieredcache.contrib.flask needs Flask: pip install tieredcache[flask]"
+    ) from exc
+
+if t.TYPE_CHECKING:
+    from cachelib import BaseCache as _CacheBase
+else:
+    # Flask-Caching calls ``factory(app, config, args, kwargs)`` only on subclasses of its
+    # own BaseCache (itself a cachelib.BaseCache); without Flask-Caching the class is a
+    # plain cachelib backend, and without cachelib a standalone class with the same API.
+    try:
+        from flask_caching.backends.base import BaseCache as _CacheBase
+    except ImportError:
+        try:
+            from cachelib import BaseCache as _CacheBase
+        except ImportError:
+            _CacheBase = object
+
+__all__ = ["EXTENSION_KEY", "TieredCache", "TieredCacheExtension", "TieredCacheState"]
+
+logger = logging.getLogger("tieredcache")
+
+#: The key of the extension's state in ``app.extensions``.
+EXTENSION_KEY = "tieredcache"
+
+_Timeout = t.Union[int, float, dt.timedelta, None]
+_KeyPrefix = t.Union[str, t.Callable[[], str], None]
+
+
+def _seconds(timeout: t.Any, name: str) -> float:
+    """A cachelib timeout (a number of seconds or a timedelta) as float seconds."""
+    if isinstance(timeout, dt.timedelta):
+        return timeout.total_seconds()
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"{name} must be a number of seconds or a datetime.timedelta, "
+            f"not {type(timeout).__name__}"
+        )
+    return float(timeout)
+
+
+class TieredCache(_CacheBase):
+    """A Flask-Caching and cachelib backend over a shared :class:`tieredcache.TieredCache`.
+
+    Use it from Flask-Caching with ``CACHE_TYPE = "tieredcache.contrib.flask.TieredCache"``
+    (see :meth:`factory` for the config keys it reads), or construct it directly as
+    cachelib's own backends are. Thread-safe: every instance configured alike uses one
+    process-wide cache, whose L1, connection pool and offload are shared.
+
+    Timeouts follow cachelib, not tieredcache's core (nor Django): ``timeout=None`` means
+    ``default_timeout``, ``0`` means the value never expires, and a negative timeout stores
+    nothing (``set`` deletes the key). Timeouts are seconds (fractions are kept, where
+    cachelib rounds up) or a :class:`datetime.timedelta`.
+
+    Store failures follow cachelib too: they are logged on the ``tieredcache`` logger and
+    reported as cachelib reports them, never raised. ``set``, ``add``, ``delete`` and
+    ``clear`` return ``False``; ``get`` returns ``None`` and ``has`` ``False`` (a miss);
+    ``get_many`` returns ``None`` for every key; ``set_many`` returns ``[]``; ``inc`` and
+    ``dec`` return ``None``; ``delete_many`` raises ``RuntimeError`` unless
+    ``ignore_delete_many_errors`` is true, and then returns ``[]``. A value that cannot be
+    serialized still raises :class:`~tieredcache.errors.SerializationError`, as cachelib
+    lets pickling errors through.
+
+    :param location: the cache location: ``None`` or ``""`` for the embedded default (an
+        in-process L1 in front of a SQLite file), ``redis://...``, ``memcached://h:p,...``,
+        ``sqlite:///path`` or ``memory://`` (see :mod:`tieredcache.contrib.config`).
+    :param default_timeout: the timeout used when a call gives none, in seconds or a
+        timedelta; ``0`` (or ``None``) means values never expire.
+    :param key_prefix: prepended to every key; a str, or a callable returning one (called
+        for every key, as cachelib's Redis backend does).
+    :param ignore_delete_many_errors: when false, :meth:`delete_many` raises
+        ``RuntimeError`` if the store fails.
+    :param secret_key: L2 payloads are signed with a key derived from it (HMAC-SHA256), so
+        that whoever can write to Redis or memcached cannot feed this process a forged
+        pickle; give ``sign=False`` to store unsigned payloads.
+    :param fallback_secrets: older secrets whose signatures are still accepted on read.
+    :param options: tieredcache options (``l1_maxsize``, ``l1_ttl``, ``read``, ``write``,
+        ``serializer``, ``sign``, ...), passed to
+        :func:`~tieredcache.contrib.config.shared_cache`.
+    :raises ConfigurationError: the location, an option or a value is invalid.
+    """
+
+    def __init__(
+        self,
+        location: t.Any = None,
+        default_timeout: _Timeout = 300,
+        key_prefix: _KeyPrefix = None,
+        ignore_delete_many_errors: bool = True,
+        *,
+        secret_key: str | bytes | None = None,
+        fallback_secrets: t.Iterable[str | bytes] = (),
+        **options: t.Any,
+    ) -> None:
+        # cachelib's BaseCache.__init__ only sets these two attributes, and would warn
+        # about float timeouts that tieredcache stores exactly; set them here instead.
+        if default_timeout is None:
+            default_timeout = 0
+        try:
+            seconds = _seconds(default_timeout, "default_timeout")
+        except TypeError as exc:
+            raise ConfigurationError(str(exc)) from None
+        validate_ttl(seconds, name="default_timeout")
+        if seconds < 0:
+            raise ConfigurationError(
+                f"default_timeout must be >= 0 (0 means never expire), not {default_timeout!r}"
+            )
+        self.default_timeout: t.Any = int(seconds) if seconds.is_integer() else seconds
+        self.ignore_delete_many_errors = bool(ignore_delete_many_errors)
+        if key_prefix is not None and not isinstance(key_prefix, str) and not callable(key_prefix):
+            raise ConfigurationError(
+                f"key_prefix must be a str, a callable returning one, or None, not {key_prefix!r}"
+            )
+        self.key_prefix: str | t.Callable[[], str] = key_prefix or ""
+        self.location = location
+        #: The shared :class:`tieredcache.TieredCache` this backend stores in.
+        self.cache: _CoreCache = shared_cache(
+            location, options, secret_key=secret_key, fallback_secrets=fallback_secrets
+        )
+
+    @classmethod
+    def factory(
+        cls,
+        app: flask.Flask,
+        config: t.Mapping[str, t.Any],
+        args: t.Sequence[t.Any],
+        kwargs: t.Mapping[str, t.Any],
+    ) -> TieredCache:
+        """Build the backend for Flask-Caching, which calls ``factory(app, config, args,
+        kwargs)`` with the merged configuration.
+
+        Config keys read:
+
+        - ``CACHE_TIEREDCACHE_LOCATION``, else ``CACHE_REDIS_URL``, else the embedded
+          default;
+        - ``CACHE_DEFAULT_TIMEOUT`` (cachelib semantics), ``CACHE_KEY_PREFIX``,
+          ``CACHE_IGNORE_ERRORS`` (``ignore_delete_many_errors``);
+        - ``CACHE_OPTIONS``: a dict of tieredcache options (Flask-Caching also merges it
+          into ``kwargs``);
+        - the app's ``SECRET_KEY`` (L2 payloads are signed when it is set, unless
+          ``CACHE_OPTIONS`` has ``"sign": False``) and ``SECRET_KEY_FALLBACKS``.
+
+        ``CACHE_ARGS``, if given, fill ``location``, ``default_timeout`` and ``key_prefix``
+        positionally, in that order.
+
+        :raises ConfigurationError: the configuration is invalid.
+        """
+        extra = config.get("CACHE_OPTIONS")
+        if extra is not None and not isinstance(extra, t.Mapping):
+            raise ConfigurationError(
+                f"CACHE_OPTIONS must be a dict of tieredcache options, not {type(extra).__name__}"
+            )
+        options: dict[str, t.Any] = dict(extra or {})
+        options.update(kwargs)
+        named: dict[str, t.Any] = {
+            "location": config.get("CACHE_TIEREDCACHE_LOCATION") or config.get("CACHE_REDIS_URL"),
+            "default_timeout": options.pop(
+                "default_timeout", config.get("CACHE_DEFAULT_TIMEOUT", 300)
+            ),
+            "key_prefix": config.get("CACHE_KEY_PREFIX"),
+        }
+        positional = list(args)
+        if len(positional) > len(named):
+            raise ConfigurationError(
+                f"CACHE_ARGS takes at most {len(named)} values ({', '.join(named)}), "
+                f"not {len(positional)}"
+            )
+        for name in list(named)[: len(positional)]:
+            del named[name]
+        named["ignore_delete_many_errors"] = options.pop(
+            "ignore_delete_many_errors", config.get("CACHE_IGNORE_ERRORS", False)
+        )
+        # Flask-Caching's config is the app's config updated with the Cache object's own.
+        options.setdefault("secret_key", config.get("SECRET_KEY", app.config.get("SECRET_KEY")))
+        fallbacks = config.get("SECRET_KEY_FALLBACKS", app.config.get("SECRET_KEY_FALLBACKS"))
+        options.setdefault("fallback_secrets", fallbacks or ())
+        # As in Flask-Caching, CACHE_OPTIONS override the CACHE_* keys.
+        return cls(*positional, **{**named, **options})
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        if not isinstance(key, str):
+            raise InvalidKeyError(f"cache keys must be str, not {type(key).__name__}")
+        prefix = self.key_prefix if isinstance(self.key_prefix, str) else self.key_prefix()
+        return prefix + key
+
+    def _ttl(self, timeout: _Timeout) -> float | None:
+        """A cachelib timeout as a core TTL: ``None`` forever, ``<= 0`` do not store."""
+        seconds = _seconds(self.default_timeout if timeout is None else timeout, "timeout")
+        # cachelib's 0 is "never expire"; a negative timeout keeps the core's meaning,
+        # "store nothing".
+        return None if seconds == 0 else seconds
+
+    @staticmethod
+    def _log_failure(operation: str, keys: t.Any, exc: BaseException) -> None:
+        logger.warning(
+            "flask: %s of %r failed, reported as cachelib does: %r", operation, keys, exc
+        )
+
+    # -- cachelib API -----------------------------------------------------------------
+
+    def get(self, key: str) -> t.Any:
+        """The value of ``key``, or ``None`` when it is missing, expired or unreadable."""
+        name = self._key(key)
+        try:
+            return self.cache.get(name)
+        except BackendError as exc:
+            self._log_failure("get", name, exc)
+            return None
+
+    def get_many(self, *keys: str) -> list[t.Any]:
+        """The values of ``keys`` in order, ``None`` for each miss."""
+        names = [self._key(key) for key in keys]
+        if not names:
+            return []
+        try:
+            found = self.cache.get_many(names)
+        except BackendError as exc:
+            self._log_failure("get_many", names, exc)
+            return [None] * len(names)
+        return [found.get(name) for name in names]
+
+    def get_dict(self, *keys: str) -> dict[str, t.Any]:
+        """Like :meth:`get_many`, as a dict keyed by the given keys."""
+        return dict(zip(keys, self.get_many(*keys)))
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` holds an unexpired value (``False`` when the store fails)."""
+        name = self._key(key)
+        try:
+            return self.cache.has(name)
+        except BackendError as exc:
+            self._log_failure("has", name, exc)
+            return False
+
+    def set(self, key: str, value: t.Any, timeout: _Timeout = None) -> bool:
+        """Store ``value`` under ``key``; ``True`` on success, ``False`` when the store fails."""
+        name = self._key(key)
+        ttl = self._ttl(timeout)
+        try:
+            self.cache.set(name, value, ttl)
+        except BackendError as exc:
+            self._log_failure("set", name, exc)
+            return False
+        return True
+
+    def add(self, key: str, value: t.Any, timeout: _Timeout = None) -> bool:
+        """Store ``value`` only if ``key`` holds none; ``False`` if it does or the store
+        fails (and for a negative timeout, which stores nothing)."""
+        name = self._key(key)
+        ttl = self._ttl(timeout)
+        try:
+            return self.cache.add(name, value, ttl)
+        except BackendError as exc:
+            self._log_failure("add", name, exc)
+            return False
+
+    def set_many(self, mapping: t.Mapping[str, t.Any], timeout: _Timeout = None) -> list[t.Any]:
+        """Store every item in one batch; the keys that were set (``[]`` on failure)."""
+        items = {self._key(key): value for key, value in mapping.items()}
+        ttl = self._ttl(timeout)
+        if not items:
+            return []
+        try:
+            self.cache.set_many(items, ttl)
+        except BackendError as exc:
+            self._log_failure("set_many", list(items), exc)
+            return []
+        return list(mapping)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it held a value (``False`` when the store fails)."""
+        name = self._key(key)
+        try:
+            return self.cache.delete(name)
+        except BackendError as exc:
+            self._log_failure("delete", name, exc)
+            return False
+
+    def delete_many(self, *keys: str) -> list[t.Any]:
+        """Remove ``keys`` in one batch; the keys now absent, which as in cachelib includes
+        keys that held no value.
+
+        :raises RuntimeError: the store failed and ``ignore_delete_many_errors`` is false.
+        """
+        names = [self._key(key) for key in keys]
+        if not names:
+            return []
+        try:
+            self.cache.delete_many(names)
+        except BackendError as exc:
+            if not self.ignore_delete_many_errors:
+                raise RuntimeError(f"Failed to delete keys: {list(keys)}") from exc
+            self._log_failure("delete_many", names, exc)
+            return []
+        return list(keys)
+
+    def clear(self) -> bool:
+        """Empty the shared cache; ``False`` when the store fails.
+
+        This clears the whole cache at this location and options, whatever the key prefix:
+        L1, and in L2 every key under the ``l2_prefix`` option (Redis), the whole server
+        (memcached runs ``flush_all``) or the whole table (SQLite). Give apps that must be
+        cleared separately their own ``l2_prefix`` or location.
+        """
+        try:
+            self.cache.clear()
+        except BackendError as exc:
+            self._log_failure("clear", "*", exc)
+            return False
+        return True
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        """Add ``delta`` to the integer under ``key`` and return the new value.
+
+        As in cachelib, a missing key is taken as 0: it is set to ``delta`` with the default
+        timeout. An existing value keeps its expiry. ``None`` when the store fails.
+
+        :raises TypeError: the stored value is not an integer.
+        """
+        name = self._key(key)
+        try:
+            for _ in range(3):
+                try:
+                    return self.cache.incr(name, delta)
+                except KeyError:
+                    # Missing: create it, unless another caller did so meanwhile.
+                    if self.cache.add(name, delta, self._ttl(None)):
+                        return delta
+            return self.cache.incr(name, delta)
+        except BackendError as exc:
+            self._log_failure("inc", name, exc)
+            return None
+        except KeyError as exc:
+            # The key kept vanishing between the add and the incr (a concurrent delete).
+            self._log_failure("inc", name, exc)
+            return None
+
+    def dec(self, key: str, delta: int = 1) -> int | None:
+        """Subtract ``delta``; see :meth:`inc` (a missing key becomes ``-delta``)."""
+        return self.inc(key, -delta)
+
+    def __repr__(self) -> str:
+        return f"<flask TieredCache key_prefix={self.key_prefix!r} cache={self.cache!r}>"
+
+
+# -- the extension ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TieredCacheState:
+    """What :class:`TieredCacheExtension` keeps per app, in ``app.extensions["tieredcache"]``.
+
+    :param cache: the shared :class:`tieredcache.TieredCache` of the app's configuration.
+    :param key_prefix: prepended to every key the extension is given.
+    :param default_ttl: the TTL used when a call gives none (``None`` = never expire).
+    """
+
+    cache: _CoreCache
+    key_prefix: str
+    default_ttl: float | None
+
+    def key(self, key: str) -> str:
+        """``key`` with the prefix."""
+        if not isinstance(key, str):
+            raise InvalidKeyError(f"cache keys must be str, not {type(key).__name__}")
+        return self.key_prefix + key
+
+    def ttl(self, ttl: t.Any) -> t.Any:
+        """The TTL to pass to the cache: the app's default for ``DEFAULT``."""
+        return self.default_ttl if ttl is DEFAULT else ttl
+
+
+class TieredCacheExtension:
+    """A Flask extension giving each app a tieredcache, for apps without Flask-Caching.
+
+    Create it once, then call :meth:`init_app` for every app (the app factory pattern);
+    ``TieredCacheExtension(app)`` does both. Config keys, read by :meth:`init_app`:
+
+    - ``TIEREDCACHE_LOCATION``: ``None`` (default: the embedded in-process L1 plus SQLite
+      L2), ``redis://...``, ``memcached://h:p,...``, ``sqlite:///path`` or ``memory://``;
+    - ``TIEREDCACHE_DEFAULT_TTL``: seconds, default 300; ``None`` means never expire;
+    - ``TIEREDCACHE_KEY_PREFIX``: prepended to every key, default ``""``;
+    - ``TIEREDCACHE_OPTIONS``: a dict of tieredcache options (``l1_maxsize``, ``read``,
+      ``write``, ``sign``, ...);
+    - ``SECRET_KEY`` (and ``SECRET_KEY_FALLBACKS``): L2 payloads are signed when it is set,
+      unless ``TIEREDCACHE_OPTIONS`` has ``"sign": False``.
+
+    The extension keeps no app: each call uses :data:`flask.current_app`'s cache, so one
+    extension object serves several apps in one process. Its methods are tieredcache's
+    own API with its semantics: ``ttl`` in seconds, ``None`` never expires, ``0`` or less
+    stores nothing (and deletes the key), and a failing store raises
+    :class:`~tieredcache.errors.BackendError`. Thread-safe.
+
+    No teardown is registered: Flask tears down the app context after every request, and
+    the shared caches must outlive it.
+    """
+
+    def __init__(self, app: flask.Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: flask.Flask) -> None:
+        """Build (or reuse) the app's cache from its config and register it.
+
+        :raises ConfigurationError: a config value is invalid; the message names it.
+        :raises RuntimeError: the extension is already registered on ``app``.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                f"tieredcache is already initialised on the app {app.name!r}; call "
+                "init_app(app) once per app"
+            )
+        config = app.config
+        prefix = config.get("TIEREDCACHE_KEY_PREFIX", "")
+        if prefix is None:
+            prefix = ""
+        if not isinstance(prefix, str):
+            raise ConfigurationError(
+                f"TIEREDCACHE_KEY_PREFIX must be a str, not {type(prefix).__name__}"
+            )
+        default_ttl = validate_ttl(
+            config.get("TIEREDCACHE_DEFAULT_TTL", 300), name="TIEREDCACHE_DEFAULT_TTL"
+        )
+        if default_ttl is not None and default_ttl <= 0:
+            raise ConfigurationError(
+                "TIEREDCACHE_DEFAULT_TTL must be a positive number of seconds, or None for no "
+                f"expiry, not {config.get('TIEREDCACHE_DEFAULT_TTL')!r}"
+            )
+        options = config.get("TIEREDCACHE_OPTIONS")
+        if options is not None and not isinstance(options, t.Mapping):
+            raise ConfigurationError(
+                "TIEREDCACHE_OPTIONS must be a dict of tieredcache options, "
+                f"not {type(options).__name__}"
+            )
+        cache = shared_cache(
+            config.get("TIEREDCACHE_LOCATION"),
+            options,
+            secret_key=config.get("SECRET_KEY"),
+            fallback_secrets=config.get("SECRET_KEY_FALLBACKS") or (),
+        )
+        app.extensions[EXTENSION_KEY] = TieredCacheState(cache, prefix, default_ttl)
+
+    @staticmethod
+    def state(app: flask.Flask | None = None) -> TieredCacheState:
+        """The state of ``app`` (default: the current app).
+
+        :raises RuntimeError: no app context, or the extension is not initialised on it.
+        """
+        if app is None:
+            app = t.cast("flask.Flask", flask.current_app._get_current_object())  # type: ignore[attr-defined]
+        try:
+            return t.cast(TieredCacheState, app.extensions[EXTENSION_KEY])
+        except KeyError:
+            raise RuntimeError(
+                f"tieredcache is not initialised on the app {app.name!r}; call "
+                "TieredCacheExtension().init_app(app) in the app factory"
+            ) from None
+
+    @property
+    def cache(self) -> _CoreCache:
+        """The current app's :class:`tieredcache.TieredCache` (keys are not prefixed)."""
+        return self.state().cache
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        """The value of ``key``, or ``default``."""
+        state = self.state()
+        return state.cache.get(state.key(key), default)
+
+    def set(self, key: str, value: t.Any, ttl: t.Any = DEFAULT) -> None:
+        """Store ``value`` for ``ttl`` seconds (default ``TIEREDCACHE_DEFAULT_TTL``)."""
+        state = self.state()
+        state.cache.set(state.key(key), value, state.ttl(ttl))
+
+    def add(self, key: str, value: t.Any, ttl: t.Any = DEFAULT) -> bool:
+        """Store ``value`` only if ``key`` holds none; whether it was stored."""
+        state = self.state()
+        return state.cache.add(state.key(key), value, state.ttl(ttl))
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it held a value."""
+        state = self.state()
+        return state.cache.delete(state.key(key))
+
+    def get_many(self, keys: t.Iterable[str]) -> dict[str, t.Any]:
+        """The values of the ``keys`` that hold one, keyed as given."""
+        state = self.state()
+        names = _names(state, keys)
+        found = state.cache.get_many(list(names))
+        return {names[name]: value for name, value in found.items()}
+
+    def set_many(self, mapping: t.Mapping[str, t.Any], ttl: t.Any = DEFAULT) -> None:
+        """Store every item for ``ttl`` seconds, in one batch."""
+        state = self.state()
+        items = {state.key(key): value for key, value in mapping.items()}
+        state.cache.set_many(items, state.ttl(ttl))
+
+    def delete_many(self, keys: t.Iterable[str]) -> int:
+        """Remove ``keys``; how many held a value."""
+        state = self.state()
+        return state.cache.delete_many(list(_names(state, keys)))
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to the integer under ``key`` atomically; the new value.
+
+        :raises KeyError: the key holds no value (tieredcache's semantics, not cachelib's).
+        """
+        state = self.state()
+        return state.cache.incr(state.key(key), delta)
+
+    def decr(self, key: str, delta: int = 1) -> int:
+        """Subtract ``delta``; see :meth:`incr`."""
+        state = self.state()
+        return state.cache.decr(state.key(key), delta)
+
+    def touch(self, key: str, ttl: t.Any = DEFAULT) -> bool:
+        """Give ``key`` a new TTL; whether it held a value."""
+        state = self.state()
+        return state.cache.touch(state.key(key), state.ttl(ttl))
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` holds an unexpired value."""
+        state = self.state()
+        return state.cache.has(state.key(key))
+
+    def get_or_set(
+        self,
+        key: str,
+        loader: t.Callable[[], t.Any],
+        ttl: t.Any = DEFAULT,
+        *,
+        wait_timeout: float | None = None,
+    ) -> t.Any:
+        """The value of ``key``; on a miss, ``loader()``'s result, stored and returned.
+
+        Concurrent callers in the process on a missing key run ``loader`` once.
+        """
+        state = self.state()
+        return state.cache.get_or_set(
+            state.key(key), loader, state.ttl(ttl), wait_timeout=wait_timeout
+        )
+
+    def clear(self) -> None:
+        """Empty the current app's cache: the whole shared cache, whatever the key prefix
+        (see :meth:`TieredCache.clear`)."""
+        self.state().cache.clear()
+
+
+def _names(state: TieredCacheState, keys: t.Iterable[str]) -> dict[str, str]:
+    """Prefixed key -> key as given, in order."""
+    if isinstance(keys, str):
+        raise InvalidKeyError("expected an iterable of keys, got a single str")
+    return {state.key(key): key for key in keys}
