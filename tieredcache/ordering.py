@@ -40,6 +40,7 @@ class Ordering:
         self._lock = threading.Lock()
         self._states: dict[str, KeyState] = {}
         self.cleared = 0  # sequence number of the last clear()
+        self.l1_reset = 0  # sequence number of the last flush of L1 alone (lost invalidations)
         _live.add(self)
 
     def _reset_after_fork(self) -> None:
@@ -78,7 +79,7 @@ class Ordering:
                 if state is None:
                     state = self._states[key] = KeyState()
                 state.readers += 1
-                tokens.append((state, state.issued, self.cleared))
+                tokens.append((state, state.issued, max(self.cleared, self.l1_reset)))
             return tokens
 
     def end_read(
@@ -95,8 +96,12 @@ class Ordering:
 
     def refill_allowed(self, token: tuple[KeyState, int, int]) -> bool:
         """True if no write of the key began since the read did, none runs, and no clear."""
-        state, issued, cleared = token
-        return state.issued == issued and state.writers == 0 and self.cleared == cleared
+        state, issued, epoch = token
+        return (
+            state.issued == issued
+            and state.writers == 0
+            and max(self.cleared, self.l1_reset) == epoch
+        )
 
     def __len__(self) -> int:
         with self._lock:

@@ -11,7 +11,35 @@ import threading
 import typing as t
 import weakref
 
-__all__ = ["Counters"]
+__all__ = ["COUNTERS", "TIERED_COUNTERS", "Counters"]
+
+
+COUNTERS = ("hits", "misses", "errors", "corrupt", "sets", "deletes")
+"""Every backend's counters. ``hits + misses + errors`` equals the number of keys looked up;
+``corrupt`` counts payloads that failed to verify or decode (each also counted as a miss)."""
+
+TIERED_COUNTERS = (
+    *COUNTERS,
+    "l1_hits",
+    "l2_hits",
+    "refills",
+    "refills_skipped",
+    "refill_errors",
+    "l1_read_errors",
+    "l2_read_errors",
+    "l1_write_errors",
+    "l2_write_errors",
+    "stale_hits",
+    "refreshes",
+    "refresh_errors",
+    "invalidations_received",
+)
+"""A composition's counters: the backend counters (for the composition as a whole: a hit
+in either layer is one hit) plus per-layer hits, refills, absorbed layer failures,
+stale-while-revalidate and cross-process invalidations."""
+
+#: Position of each composition counter in a thread's slot.
+TIERED_INDEX = {name: i for i, name in enumerate(TIERED_COUNTERS)}
 
 
 class Counters:

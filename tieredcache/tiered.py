@@ -20,19 +20,23 @@ from tieredcache.backends.base import _ERRORS
 from tieredcache.backends.base import _HITS
 from tieredcache.backends.base import _MISSES
 from tieredcache.backends.base import _SETS
-from tieredcache.backends.base import COUNTERS
 from tieredcache.backends.base import Backend
 from tieredcache.backends.base import _check_key
 from tieredcache.backends.base import _unique_keys
 from tieredcache.backends.null import NullBackend
+from tieredcache.breaker import CircuitBreaker
+from tieredcache.entry import DEFAULT
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
 from tieredcache.entry import next_version
 from tieredcache.entry import validate_ttl
+from tieredcache.errors import BackendError
 from tieredcache.errors import BothLayersFailed
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.executor import default_executor
+from tieredcache.loading import RefreshMixin
+from tieredcache.offload import OffloadKey
 from tieredcache.ordering import KeyState
 from tieredcache.ordering import Leg
 from tieredcache.ordering import Ordering
@@ -45,7 +49,11 @@ from tieredcache.policies.write import LoserPolicy
 from tieredcache.policies.write import RaceWrite
 from tieredcache.policies.write import SequentialWrite
 from tieredcache.policies.write import WritePolicy
+from tieredcache.resilience import FailOpenMixin
+from tieredcache.resilience import TierGuard
 from tieredcache.serializers import Serializer
+from tieredcache.stats import TIERED_COUNTERS
+from tieredcache.stats import TIERED_INDEX
 
 if t.TYPE_CHECKING:
     from tieredcache.offload import Offload
@@ -54,34 +62,16 @@ __all__ = ["TieredCache"]
 
 logger = logging.getLogger("tieredcache")
 
-TIERED_COUNTERS = (
-    *COUNTERS,
-    "l1_hits",
-    "l2_hits",
-    "refills",
-    "refills_skipped",
-    "refill_errors",
-    "l1_read_errors",
-    "l2_read_errors",
-    "l1_write_errors",
-    "l2_write_errors",
-)
-"""A composition's counters: the backend counters (for the composition as a whole: a hit
-in either layer is one hit) plus per-layer hits, refills and absorbed layer failures."""
-
-_IDX = {name: i for i, name in enumerate(TIERED_COUNTERS)}
+_IDX = TIERED_INDEX
 _L1_HITS, _L2_HITS = _IDX["l1_hits"], _IDX["l2_hits"]
-_REFILLS, _REFILLS_SKIPPED, _REFILL_ERRORS = (
-    _IDX["refills"],
-    _IDX["refills_skipped"],
-    _IDX["refill_errors"],
-)
+_REFILLS, _REFILLS_SKIPPED = _IDX["refills"], _IDX["refills_skipped"]
+_REFILL_ERRORS, _INVALIDATIONS = _IDX["refill_errors"], _IDX["invalidations_received"]
 _L1, _L2 = 0, 1
 
 PartialFailureHook = t.Callable[[str, t.Sequence[str], BaseException], None]
 
 
-class TieredCache(Backend):
+class TieredCache(RefreshMixin, FailOpenMixin, Backend):
     """Two layers composed by a read, a write and a refill policy; a backend itself.
 
     Thread-safe. Per key, writes from this process land in every layer in the order they
@@ -103,7 +93,18 @@ class TieredCache(Backend):
     :param default_ttl: the TTL used when a call passes none.
     :param timer: the clock (default: the L1's).
     :param on_partial_failure: called as ``hook(tier, keys, exc)`` when a write returned
-        normally although one layer failed (parallel and racing writes).
+        normally although one layer failed (parallel and racing writes, fail-open).
+    :param fail_open: turn L2 failures into misses and L1-only writes (logged, rate-limited,
+        and counted) instead of raising; failed L2 writes and deletes are replayed when L2
+        answers again. ``incr`` always raises: it cannot be right without L2.
+    :param breaker: the L2's :class:`~tieredcache.CircuitBreaker`; by default a new
+        ``CircuitBreaker()`` for a remote L2 and none for an in-process one; ``None`` = no
+        breaker.
+    :param backplane: a :class:`~tieredcache.backplane.Backplane` that tells other processes
+        which keys changed, and evicts L1 copies of what they change.
+    :param jitter: a fraction in ``[0, 1)``: each write's TTL is shortened by a random part
+        of it, so entries written together do not all expire together.
+    :param replay_limit: the most keys whose failed L2 writes wait for replay.
     """
 
     name = "tiered"
@@ -122,6 +123,11 @@ class TieredCache(Backend):
         default_ttl: float | None = None,
         timer: Timer | None = None,
         on_partial_failure: PartialFailureHook | None = None,
+        fail_open: bool = False,
+        breaker: t.Any = DEFAULT,
+        backplane: t.Any = None,
+        jitter: float = 0.0,
+        replay_limit: int = 10_000,
     ) -> None:
         if not isinstance(l1, Backend) or not isinstance(l2, Backend):
             raise ConfigurationError("l1 and l2 must be Backend instances")
@@ -166,6 +172,20 @@ class TieredCache(Backend):
         self._check_values = self._serializers_to_check()
         # With a NullBackend as L2 the composition is an L1-only cache: L1 decides add/incr.
         self._l2_stores_nothing = isinstance(l2, NullBackend)
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+            raise ConfigurationError(f"jitter must be a fraction in [0, 1), not {jitter!r}")
+        self.jitter = float(jitter)
+        if breaker is DEFAULT:
+            breaker = None if l2.local else CircuitBreaker(name=f"l2 {l2.name}")
+        elif breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise ConfigurationError(f"breaker must be a CircuitBreaker or None, not {breaker!r}")
+        self._guard = TierGuard(breaker, bool(fail_open), replay_limit)
+        if breaker is not None:
+            breaker.on_close(self._schedule_replay)
+        self._replay_key = OffloadKey.explicit("replay", f"{id(self):x}")
+        self.backplane = backplane
+        if backplane is not None:
+            backplane.subscribe(self._on_invalidate, self._on_reset)
 
     # -- configuration helpers --------------------------------------------------------
 
@@ -343,7 +363,7 @@ class TieredCache(Backend):
                 ctx = self._read_ctx
                 if not self.l1.local:
                     ctx = PolicyContext(self.executor, None, False, self._report_read, "get")
-                answer = self.read.execute(keys, self.l1.get_entries, self.l2.get_entries, ctx)
+                answer = self.read.execute(keys, self.l1.get_entries, self._l2_read, ctx)
         except BaseException:
             self._counters.slot()[_ERRORS] += len(keys)
             self._ordering.end_read(keys, tokens)
@@ -365,7 +385,7 @@ class TieredCache(Backend):
         self, keys: list[str], l1_error: BaseException | None
     ) -> dict[str, tuple[Entry, str]]:
         try:
-            found = self.l2.get_entries(keys)
+            found = self._l2_read(keys)
         except Exception as exc:
             if l1_error is not None:
                 raise BothLayersFailed(l1_error, tag_tier(exc, "l2"), operation="get") from None
@@ -434,14 +454,16 @@ class TieredCache(Backend):
             self._check_serializable([e.value for e in live.values()])
             keys = list(live)
             l1_items = {k: self._cap(e, now) for k, e in live.items()}
+            seq = next_version()
             leg1, leg2 = self._legs(
                 keys,
-                next_version(),
+                seq,
                 self._write_l1(l1_items),
-                lambda chosen: self.l2.set_entries({k: live[k] for k in chosen}),
+                lambda chosen: self._l2_set(chosen, live, seq),
             )
             self.write.execute(leg1, leg2, self._write_context(keys, "set"))
             self._counters.slot()[_SETS] += len(keys)
+            self._publish("set", keys, seq)
         if dead:
             self.delete_many(dead)
 
@@ -461,12 +483,33 @@ class TieredCache(Backend):
                 )
                 return bool(added)
             # L2 is the shared authority: the add is decided there, then mirrored in L1.
-            added = self._guarded(
-                _L2, keys, states, seq, lambda _: self.l2.add_entry(key, entry), supersede=False
-            )
+            try:
+                added = self._guarded(
+                    _L2,
+                    keys,
+                    states,
+                    seq,
+                    lambda _: self._guard.call(self.l2.add_entry, key, entry),
+                    supersede=False,
+                )
+            except BackendError as exc:
+                if not self._guard.fail_open:
+                    raise
+                self._absorb("write", "add", keys, exc)
+                # Without L2 the add can only be decided by this process's L1.
+                return bool(
+                    self._guarded(
+                        _L1,
+                        keys,
+                        states,
+                        seq,
+                        lambda _: self.l1.add_entry(key, self._cap(entry, now)),
+                    )
+                )
             if added:
                 self._guarded(_L1, keys, states, seq, self._write_l1({key: self._cap(entry, now)}))
                 self._counters.slot()[_SETS] += 1
+                self._publish("set", keys, seq)
             return bool(added)
         finally:
             self._ordering.end_leg(keys, states)
@@ -493,10 +536,14 @@ class TieredCache(Backend):
         states = self._ordering.begin_write(keys, seq)
         errors: dict[str, BaseException] = {}
         counts = [0, 0]
-        for tier, layer in ((_L2, self.l2), (_L1, self.l1)):
+        ops: tuple[tuple[int, t.Callable[[list[str]], object]], ...] = (
+            (_L2, lambda live: self._l2_delete(live, seq)),
+            (_L1, self.l1.delete_many),
+        )
+        for tier, op in ops:
             name = "l1" if tier == _L1 else "l2"
             try:
-                result = self._guarded(tier, keys, states, seq, layer.delete_many)
+                result = self._guarded(tier, keys, states, seq, op)
                 counts[tier] = int(t.cast(int, result or 0))
             except Exception as exc:
                 errors[name] = tag_tier(exc, name)
@@ -507,6 +554,7 @@ class TieredCache(Backend):
             raise BothLayersFailed(errors["l1"], errors["l2"], operation="delete")
         for failure in errors.values():
             raise failure
+        self._publish("delete", keys, seq)
         return max(counts)
 
     def touch_entry(self, key: str, expires_at: float | None) -> bool:
@@ -520,7 +568,7 @@ class TieredCache(Backend):
         l1_expiry = self._cap(Entry(None, expires_at), now).expires_at
         try:
             touched2 = self._guarded(
-                _L2, keys, states, seq, lambda _: self.l2.touch_entry(key, expires_at), mark=False
+                _L2, keys, states, seq, lambda _: self._l2_touch(key, expires_at, seq), mark=False
             )
             touched1 = self._guarded(
                 _L1, keys, states, seq, lambda _: self.l1.touch_entry(key, l1_expiry), mark=False
@@ -528,6 +576,7 @@ class TieredCache(Backend):
         finally:
             self._ordering.end_leg(keys, states)
             self._ordering.end_leg(keys, states)
+        self._publish("touch", keys, seq)
         return bool(touched2) or bool(touched1)
 
     def _incr(self, key: str, delta: int) -> int:
@@ -540,31 +589,43 @@ class TieredCache(Backend):
 
             def incr_l2(_: list[str]) -> int:
                 try:
-                    return self.l2.incr(key, delta)
+                    return self._guard.call(self.l2.incr, key, delta)
                 except KeyError:
                     # L1 may hold what L2 lost (eviction, Refill.NEVER): seed L2 from it.
                     held = self.l1.get_entry(key)
                     if held is None:
                         raise
-                    self.l2.add_entry(key, held)
-                    return self.l2.incr(key, delta)
+                    self._guard.call(self.l2.add_entry, key, held)
+                    return self._guard.call(self.l2.incr, key, delta)
 
             value = self._guarded(_L2, keys, states, seq, incr_l2, supersede=False)
             # L1 drops its copy; the next read refills it with L2's exact entry.
             self._guarded(_L1, keys, states, seq, self.l1.delete_many)
+            self._publish("set", keys, seq)
             return t.cast(int, value)
         finally:
             self._ordering.end_leg(keys, states)
             self._ordering.end_leg(keys, states)
 
     def _clear(self) -> None:
-        self._ordering.cleared = next_version()
+        seq = self._ordering.cleared = next_version()
         errors: dict[str, BaseException] = {}
-        for name, layer in (("l2", self.l2), ("l1", self.l1)):
-            try:
-                layer.clear()
-            except Exception as exc:
-                errors[name] = tag_tier(exc, name)
+        try:
+            self._guard.call(self.l2.clear)
+        except BackendError as exc:
+            if self._guard.fail_open:
+                # A clear is not replayed: it would also remove what was written after it.
+                self._absorb("write", "clear", [], exc)
+            else:
+                errors["l2"] = tag_tier(exc, "l2")
+        except Exception as exc:
+            errors["l2"] = tag_tier(exc, "l2")
+        try:
+            self.l1.clear()
+        except Exception as exc:
+            errors["l1"] = tag_tier(exc, "l1")
+        if not errors:
+            self._publish("clear", [], seq)
         if len(errors) == 2:
             raise BothLayersFailed(errors["l1"], errors["l2"], operation="clear")
         for failure in errors.values():
@@ -577,8 +638,10 @@ class TieredCache(Backend):
         return self._offload.drain(timeout)
 
     def _close(self) -> None:
-        """Finish background writes, then close both layers."""
+        """Finish background writes, then close both layers (and the backplane)."""
         self.drain()
+        if self.backplane is not None:
+            self.backplane.close()
         errors = []
         for layer in (self.l1, self.l2):
             try:
@@ -588,6 +651,37 @@ class TieredCache(Backend):
         if errors:
             raise errors[0]
 
+    # -- coherence across processes -----------------------------------------------------
+
+    def _publish(self, kind: str, keys: list[str], seq: int) -> None:
+        if self.backplane is not None:
+            self.backplane.publish(kind, keys, seq)
+
+    def _on_invalidate(self, kind: str, keys: list[str]) -> None:
+        """Another process changed ``keys``: drop this process's L1 copies."""
+        self._counters.slot()[_INVALIDATIONS] += 1
+        if kind == "clear":
+            self._on_reset()
+            return
+        if not keys:
+            return
+        seq = next_version()
+        states = self._ordering.begin_write(keys, seq, legs=1)
+        try:
+            self._guarded(_L1, keys, states, seq, self.l1.delete_many)
+        except Exception:
+            logger.exception("tiered: evicting invalidated keys from l1 failed")
+        finally:
+            self._ordering.end_leg(keys, states)
+
+    def _on_reset(self) -> None:
+        """Invalidations may have been missed: nothing in L1 can be trusted any more."""
+        self._ordering.l1_reset = next_version()
+        try:
+            self.l1.clear()
+        except Exception:
+            logger.exception("tiered: flushing l1 after a backplane reset failed")
+
     # -- introspection ----------------------------------------------------------------
 
     def stats(self) -> dict[str, t.Any]:
@@ -596,8 +690,11 @@ class TieredCache(Backend):
         figures["l1"] = self.l1.stats()
         figures["l2"] = self.l2.stats()
         figures["in_flight_keys"] = len(self._ordering)
+        figures.update(self._guard.stats())
         if self._offload is not None:
             figures["offload"] = self._offload.stats()
+        if self.backplane is not None:
+            figures["backplane"] = self.backplane.stats()
         return figures
 
     def _check_invariants(self) -> None:

@@ -26,15 +26,12 @@ from tieredcache.errors import InvalidKeyError
 from tieredcache.errors import TieredCacheError
 from tieredcache.locks import SingleFlight
 from tieredcache.serializers import EntryCodec
+from tieredcache.stats import COUNTERS
 from tieredcache.stats import Counters
 
 __all__ = ["COUNTERS", "Backend"]
 
 logger = logging.getLogger("tieredcache")
-
-COUNTERS = ("hits", "misses", "errors", "corrupt", "sets", "deletes")
-"""Every backend's counters. ``hits + misses + errors`` equals the number of keys looked up;
-``corrupt`` counts payloads that failed to verify or decode (each also counted as a miss)."""
 
 _HITS, _MISSES, _ERRORS, _CORRUPT, _SETS, _DELETES = range(len(COUNTERS))
 
@@ -162,9 +159,13 @@ class Backend:
             return self.default_ttl
         return validate_ttl(ttl)
 
+    def _ttl_seconds(self, ttl: t.Any) -> float | None:
+        """The lifetime a write gets for ``ttl`` (compositions add jitter here)."""
+        return self._resolve_ttl(ttl)
+
     def _new_entry(self, value: t.Any, ttl: t.Any) -> Entry | None:
         """The entry for ``value`` under ``ttl``, or ``None`` when the TTL means "do not store"."""
-        seconds = self._resolve_ttl(ttl)
+        seconds = self._ttl_seconds(ttl)
         if seconds is None:
             return Entry(value, None, next_version())
         if seconds <= 0:
@@ -334,7 +335,7 @@ class Backend:
 
     def set_many(self, mapping: t.Mapping[str, t.Any], ttl: t.Any = DEFAULT) -> None:
         """Store every item for ``ttl`` seconds, in one batch where the store allows."""
-        seconds = self._resolve_ttl(ttl)
+        seconds = self._ttl_seconds(ttl)
         if seconds is not None and seconds <= 0:
             self.delete_many(list(mapping))
             return
