@@ -385,9 +385,19 @@ def test_delete_removes_l2_first_then_l1() -> None:
     l1.calls.clear()
     l2.calls.clear()
     order: list[str] = []
-    l2_delete, l1_delete = l2.inner.delete_many, l1.inner.delete_many
-    l2.inner.delete_many = lambda keys: order.append("l2") or l2_delete(keys)  # type: ignore[method-assign]
-    l1.inner.delete_many = lambda keys: order.append("l1") or l1_delete(keys)  # type: ignore[method-assign]
+    l2_delete, l1_delete = l2.inner.delete_each, l1.inner.delete_each
+
+    def recording(
+        tier: str, delete: t.Callable[[t.Any], list[str]]
+    ) -> t.Callable[[t.Any], list[str]]:
+        def run(keys: t.Any) -> list[str]:
+            order.append(tier)
+            return delete(keys)
+
+        return run
+
+    l2.inner.delete_each = recording("l2", l2_delete)  # type: ignore[method-assign]
+    l1.inner.delete_each = recording("l1", l1_delete)  # type: ignore[method-assign]
     assert cache.delete("k") is True
     assert order == ["l2", "l1"]
 

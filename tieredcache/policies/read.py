@@ -161,6 +161,14 @@ class RaceRead(ReadPolicy):
         first = f1 if f1 in done else f2
         first_tier = "l1" if first is f1 else "l2"
         if first.exception() is None and len(first.result()) == len(keys):
+            if first is f2:
+                # L1 is still reading: an error it raises later is still reported.
+                f1.add_done_callback(
+                    lambda f: (
+                        f.exception() is not None
+                        and ctx.report("l1", tag_tier(t.cast(BaseException, f.exception()), "l1"))
+                    )
+                )
             return {k: (e, first_tier) for k, e in first.result().items()}
         concurrent.futures.wait([f1, f2])
         first_wins: t.Callable[[Entry, Entry], str] = lambda a, b: first_tier  # noqa: E731

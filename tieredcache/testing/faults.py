@@ -129,6 +129,11 @@ class FaultyBackend(Backend):
         self._enter("delete", keys)
         return self.inner.delete_many(keys)
 
+    def delete_each(self, keys: t.Iterable[str]) -> list[str]:
+        keys = list(keys)
+        self._enter("delete", keys)
+        return self.inner.delete_each(keys)
+
     def incr(self, key: str, delta: int = 1) -> int:
         self._enter("incr", [key])
         return self.inner.incr(key, delta)
