@@ -81,6 +81,8 @@ _MAX_EXPTIME = 2**31 - 1
 _ITEM_OVERHEAD = 64
 #: The message of pymemcache's pool when ``max_pool_size`` connections are all in use.
 _POOL_EXHAUSTED = "Too many objects"
+#: The attribute that names, on a driver error, the server of a hashed client that raised it.
+_FAILED_SERVER = "_tieredcache_server"
 
 
 class _StrictHashClient(HashClient):
@@ -92,6 +94,9 @@ class _StrictHashClient(HashClient):
     stale, when it returns. A backend must raise instead, and a key must always live on the
     same server, so every call goes straight to the key's server. With no failure
     bookkeeping left, the client has no mutable state and is thread-safe.
+
+    An error is tagged with the server that raised it, so that the message names that
+    server rather than the whole list.
     """
 
     def _safely_run_func(
@@ -102,12 +107,20 @@ class _StrictHashClient(HashClient):
         *args: t.Any,
         **kwargs: t.Any,
     ) -> t.Any:
-        return func(*args, **kwargs)
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            _tag_server(exc, client.server)
+            raise
 
     def _safely_run_set_many(
         self, client: t.Any, values: dict[t.Any, t.Any], *args: t.Any, **kwargs: t.Any
     ) -> t.Any:
-        return client.set_many(values, *args, **kwargs)
+        try:
+            return client.set_many(values, *args, **kwargs)
+        except Exception as exc:
+            _tag_server(exc, client.server)
+            raise
 
 
 class MemcachedBackend(Backend):
@@ -474,7 +487,7 @@ class MemcachedBackend(Backend):
             ) from exc
 
     def _translate(self, exc: BaseException) -> BackendError:
-        where = self._where()
+        where = self._where(exc)
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return BackendTimeoutError(
                 f"no answer from {where} within the timeout: {_describe(exc)}", backend=self.name
@@ -497,7 +510,10 @@ class MemcachedBackend(Backend):
             return BackendResponseError(f"client error: {_describe(exc)}", backend=self.name)
         return BackendError(_describe(exc), backend=self.name)
 
-    def _where(self) -> str:
+    def _where(self, exc: BaseException) -> str:
+        server = getattr(exc, _FAILED_SERVER, None)
+        if server is not None:
+            return _format_server(server)
         return ", ".join(_format_server(s) for s in self.servers) or "memcached"
 
     def _stats_extra(self) -> dict[str, t.Any]:
@@ -597,6 +613,13 @@ def _is_int_above(value: t.Any, floor: int) -> bool:
 
 def _is_too_large(exc: BaseException) -> bool:
     return "too large" in str(exc)
+
+
+def _tag_server(exc: BaseException, server: t.Any) -> None:
+    try:
+        setattr(exc, _FAILED_SERVER, server)
+    except (AttributeError, TypeError):  # pragma: no cover - an exception with __slots__
+        pass
 
 
 def _describe(exc: BaseException) -> str:
