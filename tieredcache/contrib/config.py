@@ -42,6 +42,7 @@ import typing as t
 from tieredcache.backends.base import Backend
 from tieredcache.backends.memory import MemoryBackend
 from tieredcache.backends.null import NullBackend
+from tieredcache.breaker import CircuitBreaker
 from tieredcache.errors import ConfigurationError
 from tieredcache.policies.read import ParallelRead
 from tieredcache.policies.read import RaceRead
@@ -91,6 +92,12 @@ OPTIONS: t.Mapping[str, t.Any] = {
     "connect_timeout": None,
     "l2_prefix": "",
     "max_entries": None,
+    "fail_open": False,
+    "breaker_failures": 5,
+    "breaker_reset_after": 5.0,
+    "backplane": False,
+    "backplane_channel": "tieredcache:invalidate",
+    "jitter": 0.0,
 }
 
 #: The location schemes :func:`build_cache` accepts.
@@ -249,6 +256,12 @@ class _Settings:
     socket_timeout: float | None
     connect_timeout: float | None
     l2_prefix: str
+    fail_open: bool = False
+    breaker_failures: int | None = 5
+    breaker_reset_after: float = 5.0
+    backplane: t.Any = False  # False, True (the Redis location) or a Redis URL
+    backplane_channel: str = "tieredcache:invalidate"
+    jitter: float = 0.0
 
 
 def _parse_options(options: t.Any) -> _Settings:
@@ -305,6 +318,25 @@ def _parse_options(options: t.Any) -> _Settings:
     prefix = get("l2_prefix")
     if not isinstance(prefix, str):
         raise ConfigurationError(f"l2_prefix must be a str, not {prefix!r}")
+    fail_open = get("fail_open")
+    if not isinstance(fail_open, bool):
+        raise ConfigurationError(f"fail_open must be True or False, not {fail_open!r}")
+    failures = get("breaker_failures")
+    if failures is not None:
+        _check_int(failures, "breaker_failures (None turns the breaker off)", minimum=1)
+    reset_after = _check_seconds(get("breaker_reset_after"), "breaker_reset_after")
+    backplane = get("backplane")
+    if not isinstance(backplane, (bool, str)):
+        raise ConfigurationError(
+            f"backplane must be True (use the Redis location), False, or a Redis URL, not "
+            f"{backplane!r}"
+        )
+    channel = get("backplane_channel")
+    if not isinstance(channel, str) or not channel:
+        raise ConfigurationError(f"backplane_channel must be a non-empty str, not {channel!r}")
+    jitter = get("jitter")
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+        raise ConfigurationError(f"jitter must be a fraction in [0, 1), not {jitter!r}")
     return _Settings(
         l1_maxsize=maxsize,
         l1_max_bytes=max_bytes,
@@ -320,6 +352,12 @@ def _parse_options(options: t.Any) -> _Settings:
         socket_timeout=_check_seconds(get("socket_timeout"), "socket_timeout"),
         connect_timeout=_check_seconds(get("connect_timeout"), "connect_timeout"),
         l2_prefix=prefix,
+        fail_open=fail_open,
+        breaker_failures=failures,
+        breaker_reset_after=reset_after if reset_after is not None else 5.0,
+        backplane=backplane,
+        backplane_channel=channel,
+        jitter=float(jitter),
     )
 
 
@@ -473,7 +511,12 @@ def _build(
         from tieredcache.offload import ThreadPoolOffload
 
         offload = ThreadPoolOffload(max_workers=settings.offload_workers)
+    backplane = None
     try:
+        backplane = _make_backplane(location, settings)
+        breaker: t.Any = None
+        if settings.breaker_failures is not None and not l2.local:
+            breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_after)
         cache = _ConfiguredCache(
             l1,
             l2,
@@ -482,16 +525,39 @@ def _build(
             refill=_REFILL.get(settings.refill, settings.refill),
             offload=offload,
             l1_ttl=settings.l1_ttl,
+            fail_open=settings.fail_open,
+            breaker=breaker,
+            backplane=backplane,
+            jitter=settings.jitter,
         )
     except BaseException:
         try:
             l2.close()
+            if backplane is not None:
+                backplane.close()
         finally:
             if offload is not None:
                 offload.close(wait=False)
         raise
     cache._owned_offload = offload
     return cache
+
+
+def _make_backplane(location: _Location, settings: _Settings) -> t.Any:
+    """The Redis backplane the options ask for, or None."""
+    if settings.backplane is False:
+        return None
+    url = settings.backplane
+    if url is True:
+        if location.kind != "redis":
+            raise ConfigurationError(
+                "backplane=True publishes on the Redis location, and this location is not "
+                "Redis; give the backplane a Redis URL instead (backplane='redis://...')"
+            )
+        url = location.target
+    from tieredcache.backplane import RedisBackplane
+
+    return RedisBackplane.from_url(url, channel=settings.backplane_channel)
 
 
 def _make_policy(value: t.Any, factories: t.Mapping[str, t.Callable[[], t.Any]]) -> t.Any:
