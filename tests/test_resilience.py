@@ -364,3 +364,20 @@ def test_paused_redis_times_out_when_fail_closed(fresh_redis_server: t.Any) -> N
                 cache.get("k")
         finally:
             fresh_redis_server.resume()
+
+
+def test_a_call_to_a_hung_redis_waits_one_timeout_not_more(fresh_redis_server: t.Any) -> None:
+    # A timeout is not retried: the wait is bounded by socket_timeout (a retry would double it).
+    timeout = 1.0
+    backend = RedisBackend.from_url(fresh_redis_server.url, socket_timeout=timeout)
+    try:
+        backend.set("k", 1)
+        fresh_redis_server.pause()
+        for call in (lambda: backend.get("k"), lambda: backend.set("k", 2)):
+            start = time.monotonic()
+            with pytest.raises(BackendTimeoutError):
+                call()
+            assert time.monotonic() - start < 1.8 * timeout
+    finally:
+        fresh_redis_server.resume()
+        backend.close()

@@ -61,6 +61,11 @@ _LAZY = {
     "OffloadStats": "tieredcache.offload",
     "ThreadPoolOffload": "tieredcache.offload",
     "default_offload": "tieredcache.offload",
+    "CircuitBreaker": "tieredcache.breaker",
+    "CircuitOpenError": "tieredcache.breaker",
+    "Backplane": "tieredcache.backplane",
+    "RedisBackplane": "tieredcache.backplane",
+    "RedisLock": "tieredcache.redislock",
     "set_default_offload": "tieredcache.offload",
 }
 

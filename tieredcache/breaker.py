@@ -78,6 +78,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """True if a call may go to the tier now (a half-open circuit admits one probe)."""
+        if self._state == CLOSED:  # one attribute read: no lock on the common path
+            return True
         with self._lock:
             if self._state == CLOSED:
                 return True
@@ -93,6 +95,8 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         """The call succeeded."""
+        if self._state == CLOSED and self._consecutive == 0:  # nothing to reset
+            return
         with self._lock:
             self._consecutive = 0
             if self._state == CLOSED:

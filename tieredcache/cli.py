@@ -1,8 +1,12 @@
-"""The ``tieredcache`` command: ``python -m tieredcache demo [--l2 URL]``.
+"""The ``tieredcache`` command: ``python -m tieredcache demo [--l2 URL]`` and
+``python -m tieredcache bench [--quick]``.
 
 ``demo`` builds a two-tier cache (memory in front of the embedded SQLite store, or of the
 store named by ``--l2``), runs the main operations through it and prints what each tier
 did, so a new user sees the library work in a few seconds.
+
+``bench`` measures tieredcache against its peers in one run and prints the table of
+ratios (see :mod:`tieredcache.bench`).
 """
 
 from __future__ import annotations
@@ -135,6 +139,90 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         help="the L2 store: redis://host:port/db, memcached://host:port or sqlite:///path "
         "(default: an embedded SQLite file)",
     )
+    run_bench = commands.add_parser(
+        "bench",
+        help="benchmark tieredcache against its peers (starts its own redis-server and memcached)",
+        description="Run the benchmark workloads against tieredcache and its installed "
+        "peers in one process, print the Markdown report with ratios, and write it as "
+        "JSON, Markdown and PNG.",
+    )
+    run_bench.add_argument(
+        "--quick", action="store_true", help="a short run (under a minute on two cores)"
+    )
+    run_bench.add_argument(
+        "--out",
+        metavar="DIR",
+        default="bench-results",
+        help="where to write results.json, results.md and results.png (default: %(default)s)",
+    )
+    run_bench.add_argument(
+        "--only",
+        metavar="ID",
+        action="append",
+        default=[],
+        help="run only the workloads whose id starts with ID (repeatable; e.g. get-l1, "
+        "django, memory)",
+    )
+    run_bench.add_argument(
+        "--sizes",
+        metavar="BYTES",
+        default="64,4096",
+        help="value sizes, comma-separated (default: %(default)s)",
+    )
+    run_bench.add_argument("--rounds", type=int, help="alternating rounds per workload")
+    run_bench.add_argument("--ops", type=int, help="timed operations per subject and round")
+    run_bench.add_argument(
+        "--redis-url", metavar="URL", help="use this Redis instead of starting one"
+    )
+    run_bench.add_argument(
+        "--memcached", metavar="HOST:PORT", help="use this memcached instead of starting one"
+    )
+    run_bench.add_argument(
+        "--keep-awake",
+        action="store_true",
+        help="keep the CPUs awake with a lowest-priority busy loop (on virtual machines whose "
+        "idle CPUs are slow to wake, round trips otherwise measure the wake-up)",
+    )
+    run_bench.add_argument("--no-plot", action="store_true", help="do not draw results.png")
+    run_bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
-    assert args.command == "demo"  # the only command, and a required one
+    if args.command == "bench":
+        return bench(args, sys.stdout)
     return demo(args.l2, sys.stdout)
+
+
+def bench(args: argparse.Namespace, out: t.TextIO) -> int:
+    """Run ``tieredcache bench`` with parsed arguments; print the report, write the files."""
+    from tieredcache.bench import BenchConfig
+    from tieredcache.bench import run
+
+    try:
+        sizes = tuple(int(size) for size in args.sizes.split(",") if size.strip())
+    except ValueError:
+        raise SystemExit(
+            f"--sizes must be integers separated by commas, not {args.sizes!r}"
+        ) from None
+    memcached = None
+    if args.memcached:
+        host, _, port = args.memcached.rpartition(":")
+        if not host or not port.isdigit():
+            raise SystemExit(f"--memcached must be HOST:PORT, not {args.memcached!r}")
+        memcached = (host, int(port))
+    changes: dict[str, t.Any] = {
+        "sizes": sizes,
+        "only": tuple(args.only),
+        "redis_url": args.redis_url,
+        "memcached": memcached,
+        "progress": not args.no_progress,
+        "keep_awake": args.keep_awake,
+    }
+    if args.rounds:
+        changes["rounds"] = args.rounds
+    if args.ops:
+        changes["ops"] = args.ops
+    config = BenchConfig.quick_run(**changes) if args.quick else BenchConfig(**changes)
+    report = run(config)
+    print(report.to_markdown(), file=out)
+    for path in report.write(args.out, plot=not args.no_plot):
+        print(f"wrote {path}", file=out)
+    return 0

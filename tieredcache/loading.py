@@ -17,7 +17,6 @@ from tieredcache.entry import DEFAULT
 from tieredcache.entry import Entry
 from tieredcache.entry import next_version
 from tieredcache.entry import validate_ttl
-from tieredcache.errors import LockTimeoutError
 from tieredcache.errors import OffloadError
 from tieredcache.executor import marked
 from tieredcache.offload import OffloadKey
@@ -83,21 +82,13 @@ class RefreshMixin:
                 return again.value
             if lock is None:
                 return self._load_and_store(key, loader, ttl, stale_ttl)
-            token = lock.acquire(key)
-            if token is None:
-                if not lock.wait(key, lock.wait_timeout):
-                    raise LockTimeoutError(f"another process holds the loader lock of {key!r}")
-                loaded = self.get_entry(key)
-                if loaded is None:
-                    raise LockTimeoutError(f"the process that held {key!r} stored nothing")
-                return loaded.value
-            try:
-                again = self.get_entry(key)
-                if again is not None:
-                    return again.value
-                return self._load_and_store(key, loader, ttl, stale_ttl)
-            finally:
-                lock.release(key, token)
+            # One process at a time loads: whoever takes the lock checks again and loads;
+            # the others wait for it, read what it stored, and contend again on a miss.
+            return lock.single_flight(
+                key,
+                lambda: self.get_entry(key),
+                lambda: self._load_and_store(key, loader, ttl, stale_ttl),
+            )
 
         return self._flights.run(key, load, wait_timeout)
 

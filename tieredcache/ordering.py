@@ -90,6 +90,22 @@ class Ordering:
                 state.readers -= 1
                 self._drop_locked(key, state)
 
+    def begin_read_one(self, key: str) -> tuple[KeyState, int, int]:
+        """:meth:`begin_read` for one key."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = KeyState()
+            state.readers += 1
+            return (state, state.issued, max(self.cleared, self.l1_reset))
+
+    def end_read_one(self, key: str, token: tuple[KeyState, int, int]) -> None:
+        """:meth:`end_read` for one key."""
+        state = token[0]
+        with self._lock:
+            state.readers -= 1
+            self._drop_locked(key, state)
+
     def _drop_locked(self, key: str, state: KeyState) -> None:
         if state.writers == 0 and state.readers == 0 and self._states.get(key) is state:
             del self._states[key]

@@ -91,13 +91,12 @@ class TierGuard:
 
     def call(self, fn: t.Callable[..., T], *args: t.Any) -> T:
         """Call ``fn(*args)`` on the tier through the breaker."""
-        from tieredcache.breaker import CircuitOpenError
-        from tieredcache.errors import BackendError
-
         breaker = self.breaker
         if breaker is None:
             return fn(*args)
         if not breaker.allow():
+            from tieredcache.breaker import CircuitOpenError
+
             raise CircuitOpenError("the circuit breaker of this tier is open", backend="l2")
         try:
             result = fn(*args)
@@ -209,6 +208,20 @@ class FailOpenMixin:
             self._schedule_replay()
         return found
 
+    def _l2_read_one(self: t.Any, key: str) -> Entry | None:
+        # get_entries() of one key, as the batch path reads: an L2 (a Redis one) answers
+        # a single key with one GET.
+        try:
+            found: dict[str, Entry] = self._guard.call(self.l2.get_entries, (key,))
+        except BackendError as exc:
+            if not self._guard.fail_open:
+                raise
+            self._absorb("read", "read", [key], exc)
+            return None
+        if len(self._guard):
+            self._schedule_replay()
+        return found.get(key)
+
     def _l2_set(self: t.Any, chosen: list[str], items: t.Mapping[str, Entry], seq: int) -> None:
         try:
             self._guard.call(self.l2.set_entries, {k: items[k] for k in chosen})
@@ -221,18 +234,18 @@ class FailOpenMixin:
             return
         self._l2_landed(chosen, seq)
 
-    def _l2_delete(self: t.Any, keys: list[str], seq: int) -> int:
+    def _l2_delete(self: t.Any, keys: list[str], seq: int) -> list[str]:
         try:
-            count: int = self._guard.call(self.l2.delete_many, keys)
+            deleted: list[str] = self._guard.call(self.l2.delete_each, keys)
         except BackendError as exc:
             if not self._guard.fail_open:
                 raise
             self._absorb("write", "delete", keys, exc)
             for key in keys:
                 self._guard.enqueue(key, ReplayItem("delete", seq, None, None))
-            return 0
+            return []
         self._l2_landed(keys, seq)
-        return count
+        return deleted
 
     def _l2_touch(self: t.Any, key: str, expires_at: float | None, seq: int) -> bool:
         try:

@@ -216,6 +216,10 @@ class CompressedSerializer(Serializer):
 _HEADER = struct.Struct(">2sBBddq")
 _MAGIC = b"TC"
 _FORMAT = 1
+_MAGIC_FORMAT = b"TC\x01"
+_SIZE = _HEADER.size
+_unpack_after_magic = struct.Struct(">Bddq").unpack_from  # the header after magic and format
+_loads = pickle.loads
 _HAS_EXPIRES = 1
 _HAS_STALE = 2
 
@@ -234,6 +238,8 @@ class EntryCodec:
 
     def __init__(self, serializer: Serializer | None = None) -> None:
         self.serializer = serializer if serializer is not None else PickleSerializer()
+        # Pickle reads the payload in place: no copy of it is made on the read path.
+        self._pickle = type(self.serializer) is PickleSerializer
 
     def encode(self, entry: Entry) -> bytes:
         """The envelope of ``entry``.
@@ -280,9 +286,24 @@ class EntryCodec:
 
         :raises DeserializationError: the envelope or its payload cannot be decoded.
         """
-        expires_at, stale_at, version = self.read_header(data)
-        value = self.serializer.loads(memoryview(data)[_HEADER.size :].tobytes())
-        return Entry(value, expires_at, version, stale_at)
+        # read_header() inlined: this runs once for every key an L2 read returns.
+        if len(data) < _SIZE or not data.startswith(_MAGIC_FORMAT):
+            self.read_header(data)  # raises the precise error
+        flags, expires_at, stale_at, version = _unpack_after_magic(data, 3)
+        if self._pickle:
+            try:
+                # Large payloads are read in place; copying a small one is cheaper than a view.
+                value = _loads(memoryview(data)[_SIZE:] if len(data) > 1024 else data[_SIZE:])
+            except Exception as exc:  # a corrupt pickle can raise almost anything
+                raise DeserializationError(f"cannot unpickle payload: {exc!r}") from exc
+        else:
+            value = self.serializer.loads(data[_SIZE:])
+        return Entry(
+            value,
+            expires_at if flags & _HAS_EXPIRES else None,
+            version,
+            stale_at if flags & _HAS_STALE else None,
+        )
 
     def __repr__(self) -> str:
         return f"EntryCodec({self.serializer!r})"

@@ -3,10 +3,17 @@
 Each thread increments its own small list of counters, so an increment is a plain list
 update that no other thread writes. A snapshot sums the lists of live threads plus what
 finished threads left behind, under a lock.
+
+The hottest paths (a cache hit) use an *incrementer* instead: one call that adds one to a
+fixed group of counters. Under the GIL it advances a single :func:`itertools.count`, which
+is atomic and costs about a third of a thread-local lookup; a snapshot adds its value to
+every counter of the group.
 """
 
 from __future__ import annotations
 
+import itertools
+import sys
 import threading
 import typing as t
 import weakref
@@ -58,6 +65,8 @@ class Counters:
         self._lock = threading.Lock()
         self._live: dict[int, list[int]] = {}
         self._retired = [0] * len(self.names)
+        # Incrementers: (indices, count, value of the count at the last reset).
+        self._linked: list[tuple[tuple[int, ...], itertools.count[int], list[int]]] = []
 
     def slot(self) -> list[int]:
         """The calling thread's counter list (index with :meth:`index`)."""
@@ -91,12 +100,37 @@ class Counters:
         """Add ``amount`` to the counter ``name``."""
         self.slot()[self._index[name]] += amount
 
+    def incrementer(self, *names: str) -> t.Callable[[], object]:
+        """A callable that adds one to each of ``names``: the cheapest count on a hot path.
+
+        With the GIL, calling it advances one :func:`itertools.count` (atomic, no
+        thread-local lookup); without it (free-threaded builds) it falls back to the
+        calling thread's slot.
+        """
+        indices = tuple(self._index[name] for name in names)
+        if not _GIL:
+
+            def bump() -> None:
+                slot = self.slot()
+                for i in indices:
+                    slot[i] += 1
+
+            return bump
+        count = itertools.count()
+        with self._lock:
+            self._linked.append((indices, count, [0]))
+        return count.__next__
+
     def snapshot(self) -> dict[str, int]:
         """The current totals, by name."""
         with self._lock:
             totals = self._retired[:]
             for slot in self._live.values():
                 for i, value in enumerate(slot):
+                    totals[i] += value
+            for indices, count, base in self._linked:
+                value = _count_value(count) - base[0]
+                for i in indices:
                     totals[i] += value
         return dict(zip(self.names, totals))
 
@@ -107,6 +141,17 @@ class Counters:
             for slot in self._live.values():
                 for i in range(len(slot)):
                     slot[i] = 0
+            for _, count, base in self._linked:
+                base[0] = _count_value(count)
+
+
+# Free-threaded builds (PEP 703) run without the GIL, where itertools.count is not atomic.
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+def _count_value(count: itertools.count[int]) -> int:
+    """The next value ``count`` would return, without advancing it (its repr is ``count(N)``)."""
+    return int(repr(count)[6:-1])
 
 
 class _RetireOnExit:

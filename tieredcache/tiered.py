@@ -166,6 +166,12 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
         self.on_partial_failure = on_partial_failure
         self.local = l1.local and l2.local
         self._counters = self._counters.__class__(TIERED_COUNTERS)
+        # The read path counts with incrementers: one atomic call per lookup.
+        self._count_l1_hit = self._counters.incrementer("hits", "l1_hits")
+        self._count_l2_hit = self._counters.incrementer("hits", "l2_hits")
+        self._count_miss = self._counters.incrementer("misses")
+        self._count_refill = self._counters.incrementer("refills")
+        self._count_refill_skipped = self._counters.incrementer("refills_skipped")
         self._ordering = Ordering()
         self._sequential_read = type(self.read) is SequentialRead
         self._read_ctx = PolicyContext(None, None, l1.local, self._report_read, "get")
@@ -326,44 +332,108 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
 
     # -- reads ------------------------------------------------------------------------
 
-    def get_entry(self, key: str) -> Entry | None:
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        # get_entry() inlined: an L1 hit is one call into L1 and one atomic count.
         if self._sequential_read:
-            l1_error = None
             try:
                 entry = self.l1.get_entry(key)
             except Exception as exc:
                 _check_key(key)
                 self._report_read("l1", tag_tier(exc, "l1"))
-                entry, l1_error = None, exc
-            if entry is not None:
-                slot = self._counters.slot()
-                slot[_HITS] += 1
-                slot[_L1_HITS] += 1
-                return entry
-            found = self._read_through([key], l1_missed=True, l1_error=l1_error)
+                entry = self._read_one_from_l2(key, exc)
+            else:
+                if entry is not None:
+                    self._count_l1_hit()
+                    return entry.value
+                entry = self._read_one_from_l2(key, None)
         else:
-            _check_key(key)
-            found = self._read_through([key], l1_missed=False)
-        return found.get(key)
+            entry = self.get_entry(key)
+        return default if entry is None else entry.value
+
+    def get_entry(self, key: str) -> Entry | None:
+        if self._sequential_read:
+            try:
+                entry = self.l1.get_entry(key)
+            except Exception as exc:
+                _check_key(key)
+                self._report_read("l1", tag_tier(exc, "l1"))
+                return self._read_one_from_l2(key, exc)
+            if entry is not None:
+                self._count_l1_hit()
+                return entry
+            return self._read_one_from_l2(key, None)
+        _check_key(key)
+        return self._read_through([key]).get(key)
+
+    def _read_one_from_l2(self, key: str, l1_error: BaseException | None) -> Entry | None:
+        """L1 missed (or failed on) ``key``: read it from L2 and refill L1.
+
+        ``_read_through`` for one key, without its batch structures: the same ordering
+        token, error table, counters and refill rule.
+        """
+        ordering = self._ordering
+        token = ordering.begin_read_one(key)
+        try:
+            try:
+                entry = self._l2_read_one(key)
+            except Exception as exc:
+                if l1_error is not None:
+                    raise BothLayersFailed(l1_error, tag_tier(exc, "l2"), operation="get") from None
+                raise tag_tier(exc, "l2") from None
+        except BaseException:
+            self._counters.slot()[_ERRORS] += 1
+            ordering.end_read_one(key, token)
+            raise
+        try:
+            if entry is None:
+                self._count_miss()
+            else:
+                self._count_l2_hit()
+                # An L1 that failed to read may hold a newer value it could not show.
+                if self.refill is Refill.ALWAYS and l1_error is None:
+                    self._refill_one(key, token, entry)
+        finally:
+            ordering.end_read_one(key, token)
+        return entry
+
+    def _refill_one(self, key: str, token: tuple[KeyState, int, int], entry: Entry) -> None:
+        now = self._now()
+        with token[0].locks[_L1]:
+            try:
+                if self._ordering.refill_allowed(token):
+                    self.l1.set_entry(key, self._cap(entry, now))
+                    self._count_refill()
+                else:
+                    self._count_refill_skipped()
+            except Exception as exc:
+                # A refill is an optimisation: its failure never changes what the read returns.
+                self._counters.slot()[_REFILL_ERRORS] += 1
+                if not isinstance(exc, ValueTooLargeError):
+                    logger.warning("tiered: refilling l1 failed: %r", exc)
 
     def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
         wanted = _unique_keys(keys)
         if not wanted:
             return {}
-        return self._read_through(wanted, l1_missed=False)
+        return self._read_through(wanted)
 
-    def _read_through(
-        self, keys: list[str], *, l1_missed: bool, l1_error: BaseException | None = None
-    ) -> dict[str, Entry]:
+    def _read_through(self, keys: list[str]) -> dict[str, Entry]:
+        """Read ``keys`` through the read policy, count, and refill L1 from L2's answers."""
         tokens = self._ordering.begin_read(keys)
+        failures: list[BaseException] = []
+
+        def l1_leg(wanted: list[str]) -> dict[str, Entry]:
+            try:
+                return self.l1.get_entries(wanted)
+            except Exception as exc:
+                failures.append(exc)
+                raise
+
         try:
-            if l1_missed:
-                answer = self._sequential_l2(keys, l1_error)
-            else:
-                ctx = self._read_ctx
-                if not self.l1.local:
-                    ctx = PolicyContext(self.executor, None, False, self._report_read, "get")
-                answer = self.read.execute(keys, self.l1.get_entries, self._l2_read, ctx)
+            ctx = self._read_ctx
+            if not self.l1.local:
+                ctx = PolicyContext(self.executor, None, False, self._report_read, "get")
+            answer = self.read.execute(keys, l1_leg, self._l2_read, ctx)
         except BaseException:
             self._counters.slot()[_ERRORS] += len(keys)
             self._ordering.end_read(keys, tokens)
@@ -375,22 +445,12 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
             slot[_MISSES] += len(keys) - len(answer)
             slot[_L2_HITS] += len(from_l2)
             slot[_L1_HITS] += len(answer) - len(from_l2)
-            if from_l2 and self.refill is Refill.ALWAYS:
+            # An L1 that failed to read may hold a newer value it could not show: no refill.
+            if from_l2 and self.refill is Refill.ALWAYS and not failures:
                 self._refill(keys, tokens, from_l2)
         finally:
             self._ordering.end_read(keys, tokens)
         return {k: e for k, (e, _) in answer.items()}
-
-    def _sequential_l2(
-        self, keys: list[str], l1_error: BaseException | None
-    ) -> dict[str, tuple[Entry, str]]:
-        try:
-            found = self._l2_read(keys)
-        except Exception as exc:
-            if l1_error is not None:
-                raise BothLayersFailed(l1_error, tag_tier(exc, "l2"), operation="get") from None
-            raise tag_tier(exc, "l2") from None
-        return {k: (e, "l2") for k, e in found.items()}
 
     def _refill(
         self,
@@ -517,34 +577,37 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
 
     def delete(self, key: str) -> bool:
         _check_key(key)
-        return self._delete_keys([key]) > 0
+        return bool(self._delete_keys([key]))
 
     def delete_many(self, keys: t.Iterable[str]) -> int:
-        """Remove ``keys`` from both layers (L2 first); a count of the keys removed.
-
-        The count is the larger of the two layers' counts: exact when the layers agree, and
-        a lower bound when some keys were held by L1 only and others by L2 only.
-        """
+        """Remove ``keys`` from both layers (L2 first); how many either layer held."""
         wanted = _unique_keys(keys)
         if not wanted:
             return 0
+        return len(self._delete_keys(wanted))
+
+    def delete_each(self, keys: t.Iterable[str]) -> list[str]:
+        """Remove ``keys`` from both layers (L2 first); the ones either layer held."""
+        wanted = _unique_keys(keys)
+        if not wanted:
+            return []
         return self._delete_keys(wanted)
 
-    def _delete_keys(self, keys: list[str]) -> int:
+    def _delete_keys(self, keys: list[str]) -> list[str]:
         """Delete from L2, then L1, so that a concurrent refill cannot bring a key back."""
         seq = next_version()
         states = self._ordering.begin_write(keys, seq)
         errors: dict[str, BaseException] = {}
-        counts = [0, 0]
+        held: set[str] = set()
         ops: tuple[tuple[int, t.Callable[[list[str]], object]], ...] = (
             (_L2, lambda live: self._l2_delete(live, seq)),
-            (_L1, self.l1.delete_many),
+            (_L1, self.l1.delete_each),
         )
         for tier, op in ops:
             name = "l1" if tier == _L1 else "l2"
             try:
                 result = self._guarded(tier, keys, states, seq, op)
-                counts[tier] = int(t.cast(int, result or 0))
+                held.update(t.cast("list[str]", result or ()))
             except Exception as exc:
                 errors[name] = tag_tier(exc, name)
             finally:
@@ -555,7 +618,7 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
         for failure in errors.values():
             raise failure
         self._publish("delete", keys, seq)
-        return max(counts)
+        return [key for key in keys if key in held]
 
     def touch_entry(self, key: str, expires_at: float | None) -> bool:
         _check_key(key)

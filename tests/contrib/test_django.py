@@ -391,6 +391,28 @@ def test_keys_memcached_cannot_take_warn_and_are_still_stored(cache: t.Any, key:
         assert cache.delete(key) is True
 
 
+def test_a_key_function_that_reads_request_state_is_honoured(
+    redis_location: str, raw_redis: t.Any
+) -> None:
+    # Multi-tenant apps make keys from the current tenant: the same (key, version) must map
+    # to another cache key when the tenant changes, so made keys are never reused.
+    tenant = {"name": "alpha"}
+
+    def key_function(key: str, key_prefix: str, version: int) -> str:
+        return f"{tenant['name']}:{key_prefix}:{version}:{key}"
+
+    with override_settings(CACHES={"default": entry(redis_location, KEY_FUNCTION=key_function)}):
+        cache = caches["default"]
+        cache.set("k", "for alpha")
+        assert cache.get("k") == "for alpha"
+        tenant["name"] = "beta"
+        assert cache.get("k") is None
+        cache.set("k", "for beta")
+        tenant["name"] = "alpha"
+        assert cache.get("k") == "for alpha"
+        assert raw_redis.exists(b"alpha::1:k") and raw_redis.exists(b"beta::1:k")
+
+
 def test_key_prefix_version_and_key_function(redis_location: str, raw_redis: t.Any) -> None:
     def key_function(key: str, key_prefix: str, version: int) -> str:
         return f"custom|{key_prefix}|v{version}|{key}"

@@ -99,6 +99,10 @@ class Backend:
         """Remove ``keys``; how many held an entry."""
         return sum(1 for key in keys if self._delete(key))
 
+    def _delete_each(self, keys: list[str]) -> list[str]:
+        """Remove ``keys``; the ones that held an entry (batch stores override this)."""
+        return [key for key in keys if self._delete(key)]
+
     def _incr(self, key: str, delta: int) -> int:
         """Add ``delta`` to the integer under ``key`` atomically, keeping its expiry.
 
@@ -142,9 +146,13 @@ class Backend:
         try:
             return codec.decode(data)
         except DeserializationError as exc:
-            self._counters.slot()[_CORRUPT] += 1
-            logger.warning("%s: discarding an undecodable payload for %r: %s", self.name, key, exc)
+            self._corrupt(key, exc)
             return None
+
+    def _corrupt(self, key: str, exc: DeserializationError) -> None:
+        """Count and log a payload that failed to verify or decode (the read is a miss)."""
+        self._counters.slot()[_CORRUPT] += 1
+        logger.warning("%s: discarding an undecodable payload for %r: %s", self.name, key, exc)
 
     def _count_lookups(self, hits: int, misses: int) -> None:
         slot = self._counters.slot()
@@ -222,8 +230,7 @@ class Backend:
 
     def set_entries(self, items: t.Mapping[str, Entry]) -> None:
         """Store every item; expired ones delete their key instead."""
-        for key in items:
-            _check_key(key)
+        _check_keys(items)
         now = self._now()
         live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
         dead = [k for k in items if k not in live]
@@ -256,6 +263,15 @@ class Backend:
         if not wanted:
             return 0
         deleted = self._call(self._delete_many, wanted)
+        self._counters.slot()[_DELETES] += len(wanted)
+        return deleted
+
+    def delete_each(self, keys: t.Iterable[str]) -> list[str]:
+        """Remove ``keys``; the ones that held an entry, in the order given."""
+        wanted = _unique_keys(keys)
+        if not wanted:
+            return []
+        deleted = self._call(self._delete_each, wanted)
         self._counters.slot()[_DELETES] += len(wanted)
         return deleted
 
@@ -405,6 +421,12 @@ def _unique_keys(keys: t.Iterable[str]) -> list[str]:
     if isinstance(keys, str):
         raise InvalidKeyError("expected an iterable of keys, got a single str")
     wanted = list(dict.fromkeys(keys))
-    for key in wanted:
-        _check_key(key)
+    _check_keys(wanted)
     return wanted
+
+
+def _check_keys(keys: t.Iterable[t.Any]) -> None:
+    # The types of all keys in one C-level pass; str subclasses are checked one by one.
+    if set(map(type, keys)) - {str}:
+        for key in keys:
+            _check_key(key)

@@ -16,15 +16,25 @@ entry that Redis still holds but whose envelope has expired (by the backend's cl
 as absent, as does a value that is not an envelope at all. ``incr`` is an optimistic
 ``WATCH``/``MULTI`` transaction, exact for integers of any size. ``clear`` removes only
 this backend's keys (``SCAN`` + ``UNLINK``), never ``FLUSHDB``.
+
+With a plain (non-cluster, non-Sentinel) client, ``GET``, ``MGET``, ``SET`` and ``UNLINK``
+skip redis-py's command dispatch and are written straight to its connection layer: on a
+loopback server redis-py's own Python is about a third of a ``GET``, and the tier must not
+cost more than the client it is built on. See :class:`_DirectCommands` for how that stays
+thread-safe and fork-safe.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import os
 import struct
+import threading
 import typing as t
 import urllib.parse
+import weakref
 
 from tieredcache.backends.base import Backend
 from tieredcache.entry import Entry
@@ -35,6 +45,7 @@ from tieredcache.errors import BackendResponseError
 from tieredcache.errors import BackendTimeoutError
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import ConfigurationError
+from tieredcache.errors import DeserializationError
 from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import Serializer
 
@@ -178,6 +189,7 @@ class RedisBackend(Backend):
         self._add_script = client.register_script(_ADD_SCRIPT)
         self._touch_script = client.register_script(_TOUCH_SCRIPT)
         self._clear_script = client.register_script(_CLEAR_ENVELOPES_SCRIPT)
+        self._direct = _DirectCommands.for_client(client)
 
     @classmethod
     def from_url(
@@ -265,31 +277,71 @@ class RedisBackend(Backend):
     # -- hooks ------------------------------------------------------------------------
 
     def _get(self, key: str) -> Entry | None:
-        data = self._client.get(self._key(key))
+        full = self._key(key)
+        direct = self._direct
+        if direct is None:
+            data = self._client.get(full)
+        else:
+            try:
+                data = direct.call(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(full), full))
+            except _RETRY_THROUGH_CLIENT:
+                data = self._client.get(full)
         if data is None:
             return None
         return self._decode(self.codec, key, data)
 
     def _get_many(self, keys: list[str]) -> dict[str, Entry]:
+        if len(keys) == 1:
+            entry = self._get(keys[0])
+            return {} if entry is None else {keys[0]: entry}
         full = [self._key(key) for key in keys]
+        direct = self._direct
         if self._cluster:
             values = self._client.mget_nonatomic(full)
-        else:
+        elif direct is None:
             values = self._client.mget(full)
+        else:
+            try:
+                values = direct.call(_pack(b"MGET", *full))
+            except _RETRY_THROUGH_CLIENT:
+                values = self._client.mget(full)
         found = {}
+        decode = self.codec.decode
         for key, data in zip(keys, values):
             if data is not None:
-                entry = self._decode(self.codec, key, data)
-                if entry is not None:
-                    found[key] = entry
+                try:
+                    found[key] = decode(data)
+                except DeserializationError as exc:
+                    self._corrupt(key, exc)
         return found
 
     def _set(self, key: str, entry: Entry) -> None:
         data = self.codec.encode(entry)  # before any I/O: a bad value writes nothing
-        self._client.set(self._key(key), data, px=self._px(entry.expires_at))
+        full = self._key(key)
+        px = self._px(entry.expires_at)
+        direct = self._direct
+        if direct is None:
+            self._client.set(full, data, px=px)
+            return
+        try:
+            direct.call(_pack_set(full, data, px))
+        except _RETRY_THROUGH_CLIENT:
+            self._client.set(full, data, px=px)
 
     def _set_many(self, items: dict[str, Entry]) -> None:
         encoded = [(self._key(k), self.codec.encode(e), e.expires_at) for k, e in items.items()]
+        direct = self._direct
+        if direct is not None:
+            # One write of every SET, then every reply: what a non-transactional pipeline
+            # does, without building it.
+            commands = b"".join(
+                [_pack_set(full, data, self._px(expires_at)) for full, data, expires_at in encoded]
+            )
+            try:
+                direct.call(commands, replies=len(encoded))
+                return
+            except _RETRY_THROUGH_CLIENT:
+                pass
         with self._client.pipeline(transaction=False) as pipe:
             for full, data, expires_at in encoded:
                 pipe.set(full, data, px=self._px(expires_at))
@@ -302,10 +354,17 @@ class RedisBackend(Backend):
         return bool(self._add_script(keys=[self._key(key)], args=args))
 
     def _delete(self, key: str) -> bool:
-        return bool(self._client.unlink(self._key(key)))
+        return self._delete_many([key]) > 0
 
     def _delete_many(self, keys: list[str]) -> int:
-        return int(self._client.unlink(*[self._key(key) for key in keys]))
+        full = [self._key(key) for key in keys]
+        direct = self._direct
+        if direct is not None and not self._cluster:
+            try:
+                return int(direct.call(_pack(b"UNLINK", *full)))
+            except _RETRY_THROUGH_CLIENT:
+                pass
+        return int(self._client.unlink(*full))
 
     def _incr(self, key: str, delta: int) -> int:
         full = self._key(key)
@@ -381,6 +440,8 @@ class RedisBackend(Backend):
             self._clear_script(keys=group)
 
     def _close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         _close_all(self._closers)
 
     def _translate(self, exc: BaseException) -> BackendError:
@@ -391,14 +452,200 @@ class RedisBackend(Backend):
         pool = getattr(self._client, "connection_pool", None)
         idle = getattr(pool, "_available_connections", None)
         busy = getattr(pool, "_in_use_connections", None)
+        direct = 0 if self._direct is None else self._direct.open
+        direct_busy = 0 if self._direct is None else self._direct.in_use
         if idle is not None and busy is not None:
-            figures["pool_connections"] = len(idle) + len(busy)
-            figures["pool_in_use"] = len(busy)
+            # Every connection the backend holds: the pool's plus the direct ones.
+            figures["pool_connections"] = len(idle) + len(busy) + direct
+            figures["pool_in_use"] = len(busy) + direct_busy
             figures["pool_max_connections"] = getattr(pool, "max_connections", None)
+        if self._direct is not None:
+            figures["direct_connections"] = direct
         return figures
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self._target} prefix={self.prefix!r}>"
+
+
+# -- commands on the connection layer ----------------------------------------------------
+
+
+class _NoDirectConnection(Exception):
+    """Every direct connection allowed is in use: the command goes through the client."""
+
+
+# A failure of the connection itself: the command is sent again through the client, which
+# applies its own retry policy (the connection was already disconnected). A timeout is not
+# sent again: a call waits at most one socket_timeout.
+_RETRY_THROUGH_CLIENT = (
+    redis.exceptions.ConnectionError,
+    _NoDirectConnection,
+)
+
+
+def _pack(*args: bytes) -> bytes:
+    """A command in the Redis protocol (RESP); every argument is bytes."""
+    parts = [b"*%d\r\n" % len(args)]
+    parts.extend(b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args)
+    return b"".join(parts)
+
+
+def _pack_set(key: bytes, data: bytes, px: int | None) -> bytes:
+    if px is None:
+        return b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(key),
+            key,
+            len(data),
+            data,
+        )
+    ms = b"%d" % px
+    return b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n" % (
+        len(key),
+        key,
+        len(data),
+        data,
+        len(ms),
+        ms,
+    )
+
+
+class _DirectCommands:
+    """Simple commands written straight to redis-py's connection layer.
+
+    ``Redis.get`` spends more of its time in redis-py's own Python (pool checkout and
+    check-in with their bookkeeping, the retry wrapper, response callbacks) than on the
+    round trip to a nearby server. This sends a packed command on a connection and reads
+    the reply, nothing else.
+
+    Thread-safe: connections come from a free list of this object (``deque`` pop and
+    append are atomic), each is used by one thread at a time, and only this object ever
+    sends on them. A connection is made with the pool's own class and arguments (TLS,
+    timeouts, credentials, health checks all apply) but is not counted in the pool, so the
+    pool's other users never wait for it; at most ``max_connections`` of them are open.
+    A connection whose command failed halfway is disconnected, never returned, so no
+    caller can read another's reply; a connection failure raises for the caller to retry
+    through the client (with redis-py's retry policy). Fork-safe: a child process forgets
+    the parent's connections without closing them.
+    """
+
+    def __init__(self, pool: t.Any) -> None:
+        self._pool = pool
+        self._limit = int(getattr(pool, "max_connections", None) or 2**31)
+        self._idle: collections.deque[tuple[t.Any, int]] = collections.deque()
+        self._lock = threading.Lock()
+        self._generation = 0
+        self.open = 0
+        _live_direct.add(self)
+
+    @classmethod
+    def for_client(cls, client: t.Any) -> _DirectCommands | None:
+        """An instance for ``client``, or ``None`` when its commands must go through it."""
+        pool = getattr(client, "connection_pool", None)
+        if type(client) is not redis.Redis or getattr(client, "connection", None) is not None:
+            return None  # cluster, a subclass, or a single-connection client
+        if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
+            return None  # Sentinel and custom pools pick their servers themselves
+        kwargs = getattr(pool, "connection_kwargs", {})
+        if getattr(pool, "cache", None) is not None or kwargs.get("protocol") not in (
+            None,
+            2,
+            "2",
+        ):
+            return None  # client-side caching and RESP3 push messages
+        if kwargs.get("credential_provider") is not None:
+            return None  # re-authentication is driven by pool events
+        return cls(pool)
+
+    def call(self, packed: bytes, replies: int = 1) -> t.Any:
+        """Send ``packed`` and return its reply (a list of them when ``replies > 1``).
+
+        :raises redis.exceptions.ResponseError: the server answered with an error.
+        :raises redis.exceptions.ConnectionError: the connection failed (retry elsewhere).
+        """
+        try:
+            conn, generation = self._idle.pop()
+        except IndexError:
+            conn, generation = self._connect()
+        clean = False
+        try:
+            conn.send_packed_command((packed,))
+            error = None
+            if replies == 1:
+                try:
+                    result = conn.read_response()
+                except redis.exceptions.ResponseError as exc:
+                    error = exc
+            else:
+                result = []
+                for _ in range(replies):
+                    try:
+                        result.append(conn.read_response())
+                    except redis.exceptions.ResponseError as exc:
+                        error = error or exc
+            clean = True  # every reply was read: the connection can be used again
+            if error is not None:
+                raise error
+            return result
+        finally:
+            if clean and generation == self._generation:
+                self._idle.append((conn, generation))
+            else:
+                self._discard(conn)
+
+    @property
+    def in_use(self) -> int:
+        """Connections carrying a command right now."""
+        return max(0, self.open - len(self._idle))
+
+    def _connect(self) -> tuple[t.Any, int]:
+        with self._lock:
+            if self.open >= self._limit:
+                raise _NoDirectConnection()
+            self.open += 1
+            generation = self._generation
+        pool = self._pool
+        try:
+            return pool.connection_class(**pool.connection_kwargs), generation
+        except BaseException:
+            with self._lock:
+                self.open -= 1
+            raise
+
+    def _discard(self, conn: t.Any) -> None:
+        with self._lock:
+            self.open -= 1
+        try:
+            conn.disconnect()
+        except Exception:  # pragma: no cover - a socket that cannot even be closed
+            pass
+
+    def close(self) -> None:
+        """Disconnect the idle connections; ones in use are disconnected when returned."""
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, collections.deque()
+        for conn, _ in idle:
+            self._discard(conn)
+
+    def _forget_after_fork(self) -> None:
+        # The parent's sockets stay the parent's: drop them (redis-py closes a connection
+        # inherited through a fork without shutting the parent's socket down).
+        self._lock = threading.Lock()
+        self._idle = collections.deque()
+        self._generation += 1
+        self.open = 0
+
+
+_live_direct: weakref.WeakSet[_DirectCommands] = weakref.WeakSet()
+
+
+def _forget_direct_connections_after_fork() -> None:
+    for direct in list(_live_direct):
+        direct._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_direct_connections_after_fork)
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -538,6 +785,15 @@ def _connect(
     options.setdefault("max_connections", 64)
     if target.kind == "redis":
         options.setdefault("health_check_interval", _HEALTH_CHECK_INTERVAL)
+        # A broken connection (the server restarted, an idle socket was closed) fails at
+        # once and is worth one retry on a new connection; a timeout is not retried, so a
+        # call waits at most one socket_timeout (redis-py's default retries timeouts too).
+        options.setdefault(
+            "retry",
+            redis.retry.Retry(
+                redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)
+            ),
+        )
         client = redis.Redis.from_url(target.url, **options)
         return client, [client.close]
     if target.username is not None:
@@ -545,6 +801,10 @@ def _connect(
     if target.password is not None:
         options.setdefault("password", target.password)
     if target.kind == "cluster":
+        # redis-py retries a cluster command ten times after a connection error or timeout,
+        # so a hung master would hold each call for eleven socket timeouts. Retry once, at
+        # once: the client re-reads the slot map in between, which covers a moved master.
+        options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1))
         nodes = [redis.cluster.ClusterNode(host, port) for host, port in target.nodes]
         cluster = redis.cluster.RedisCluster(startup_nodes=nodes, **options)
         return cluster, [cluster.close]

@@ -34,6 +34,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.base import BaseCache
+from django.core.cache.backends.base import default_key_func
+from django.core.cache.backends.base import memcache_key_warnings
 from django.core.exceptions import ImproperlyConfigured
 
 from tieredcache import tiered
@@ -45,6 +47,9 @@ from tieredcache.errors import SerializationError
 from tieredcache.errors import ValueTooLargeError
 
 __all__ = ["TieredCache"]
+
+# How many validated keys an instance remembers (see TieredCache.make_and_validate_key).
+_KEY_MEMO_SIZE = 4096
 
 
 @contextlib.contextmanager
@@ -100,6 +105,21 @@ class TieredCache(BaseCache):
         except ImproperlyConfigured:  # an empty SECRET_KEY: nothing to sign with
             secret = None
         fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", ())
+        cls = type(self)
+        # Only Django's own key function is known to depend on its arguments alone; a custom
+        # one may read request state (a tenant's schema, say), so its keys are never reused.
+        self._made_keys: dict[tuple[str, int | None], str] | None = (
+            {}
+            if cls.make_key is BaseCache.make_key
+            and cls.validate_key is BaseCache.validate_key
+            and self.key_func is default_key_func
+            else None
+        )
+        self._made_keys_for: tuple[t.Any, t.Any, t.Any] = (
+            self.key_prefix,
+            self.version,
+            self.key_func,
+        )
         try:
             self._tiered = config.shared_cache(
                 location, options, secret_key=secret or None, fallback_secrets=fallbacks
@@ -107,6 +127,39 @@ class TieredCache(BaseCache):
         except ConfigurationError as exc:
             # The message names the problem; LOCATION itself may hold a password.
             raise ImproperlyConfigured(f"{type(self).__name__}: {exc}") from exc
+
+    def make_and_validate_key(self, key: t.Any, version: int | None = None) -> t.Any:
+        """Django's key for ``key``: made and validated as Django does, and remembered.
+
+        Validating a key (the memcached portability warnings) costs more than an L1 hit,
+        so each instance remembers up to a few thousand ``(key, version)`` pairs whose
+        made key validated clean. A key that warns is validated, and warns, every time.
+        The memory is dropped when ``KEY_PREFIX``, ``VERSION`` or ``KEY_FUNCTION`` change,
+        and is not used with a custom ``KEY_FUNCTION`` (it may depend on more than its
+        arguments) or by subclasses that override ``make_key`` or ``validate_key``.
+        """
+        memo = self._made_keys
+        if memo is None or type(key) is not str or not (version is None or type(version) is int):
+            return super().make_and_validate_key(key, version=version)
+        state = self._made_keys_for
+        if (
+            state[0] is not self.key_prefix
+            or state[1] != self.version
+            or state[2] is not self.key_func
+        ):
+            if self.key_func is not default_key_func:
+                self._made_keys = None
+                return super().make_and_validate_key(key, version=version)
+            memo.clear()
+            self._made_keys_for = (self.key_prefix, self.version, self.key_func)
+        made = memo.get((key, version))
+        if made is None:
+            made = super().make_and_validate_key(key, version=version)
+            if isinstance(made, str) and next(memcache_key_warnings(made), None) is None:
+                if len(memo) >= _KEY_MEMO_SIZE:
+                    memo.clear()
+                memo[(key, version)] = made
+        return made
 
     @property
     def tiered(self) -> tiered.TieredCache:
