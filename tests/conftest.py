@@ -165,9 +165,11 @@ def memcached_servers(memcached_server: AnyMemcached) -> list[tuple[str, int]]:
     """``[(host, port)]`` of the session's memcached, flushed before the test."""
     from pymemcache.client.base import Client
 
+    from tieredcache.backends.memcached import flush_server
+
     client = Client(memcached_server.address, connect_timeout=5, timeout=5)
     try:
-        client.flush_all(noreply=False)
+        flush_server(client)
     finally:
         client.close()
     return [memcached_server.address]

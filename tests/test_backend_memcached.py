@@ -477,6 +477,18 @@ def test_clear_empties_the_whole_server(
     assert "whole memcached server" in (MemcachedBackend.clear.__doc__ or "")
 
 
+def test_clear_removes_what_another_connection_just_wrote(
+    make: t.Callable[..., MemcachedBackend], memcached_servers: list[Address]
+) -> None:
+    # flush_all alone lets about one item in sixty written over another connection at the
+    # same moment survive; clear() must not.
+    writer, clearer = make(memcached_servers), make(memcached_servers)
+    for i in range(300):
+        writer.set("k", i)
+        clearer.clear()
+        assert writer.get("k") is None, f"an item outlived clear() on round {i}"
+
+
 def test_passed_in_client_is_not_closed(memcached_servers: list[Address]) -> None:
     client = Client(memcached_servers[0], connect_timeout=5, timeout=5)
     try:
