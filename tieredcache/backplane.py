@@ -92,11 +92,8 @@ except ImportError as exc:  # pragma: no cover - redis is a declared dependency
     ) from exc
 
 from tieredcache.backends.redis import _close_all
-from tieredcache.backends.redis import _connect
+from tieredcache.backends.redis import _connect_url
 from tieredcache.backends.redis import _describe
-from tieredcache.backends.redis import _parse_url
-from tieredcache.backends.redis import _redact
-from tieredcache.backends.redis import _translate
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -269,7 +266,7 @@ class RedisBackplane(Backplane):
             raise ConfigurationError("origin must be a non-empty str")
         self._closers: list[t.Callable[[], None]] = []
         if client is None:
-            client, self._closers = _connect(_parse_url("redis://localhost:6379/0"), {})
+            client, self._closers = _connect_url("redis://localhost:6379/0", {})
         self._client: t.Any = client
         self._channel = channel
         self._backoff = (float(first), float(most))
@@ -314,17 +311,9 @@ class RedisBackplane(Backplane):
         :raises ConfigurationError: an unsupported URL or a bad option.
         :raises BackendUnavailableError: a cluster could not be reached.
         """
-        target = _parse_url(url)
-        client_options = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-        }
-        try:
-            client, closers = _connect(target, client_options)
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc, _redact(url)) from exc
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"cannot use {_redact(url)!r}: {exc}") from exc
+        client, closers = _connect_url(
+            url, {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+        )
         try:
             backplane = cls(client, channel=channel, **options)
         except BaseException:

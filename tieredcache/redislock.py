@@ -75,10 +75,8 @@ except ImportError as exc:  # pragma: no cover - redis is a declared dependency
     ) from exc
 
 from tieredcache.backends.redis import _close_all
-from tieredcache.backends.redis import _connect
+from tieredcache.backends.redis import _connect_url
 from tieredcache.backends.redis import _describe
-from tieredcache.backends.redis import _parse_url
-from tieredcache.backends.redis import _redact
 from tieredcache.backends.redis import _translate
 
 __all__ = ["RedisLock"]
@@ -172,17 +170,9 @@ class RedisLock:
         Takes the URLs :meth:`RedisBackend.from_url <tieredcache.RedisBackend.from_url>`
         takes; ``options`` are this class's keyword arguments.
         """
-        target = _parse_url(url)
-        client_options = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-        }
-        try:
-            client, closers = _connect(target, client_options)
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc, _redact(url)) from exc
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"cannot use {_redact(url)!r}: {exc}") from exc
+        client, closers = _connect_url(
+            url, {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+        )
         try:
             lock = cls(client, **options)
         except BaseException:

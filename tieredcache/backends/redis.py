@@ -228,7 +228,6 @@ class RedisBackend(Backend):
         :raises ConfigurationError: an unsupported scheme, a malformed URL or bad options.
         :raises BackendUnavailableError: a cluster could not be reached.
         """
-        target = _parse_url(url)
         if client_options.get("decode_responses"):
             raise ConfigurationError("RedisBackend needs decode_responses=False")
         options = dict(
@@ -237,12 +236,7 @@ class RedisBackend(Backend):
             socket_connect_timeout=connect_timeout,
             max_connections=max_connections,
         )
-        try:
-            client, closers = _connect(target, options)
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc, _redact(url)) from exc
-        except (TypeError, ValueError) as exc:  # redis-py refusing the URL or an option
-            raise ConfigurationError(f"cannot use {_redact(url)!r}: {exc}") from exc
+        client, closers = _connect_url(url, options)
         try:
             backend = cls(
                 client, prefix=prefix, serializer=serializer, default_ttl=default_ttl, timer=timer
@@ -773,6 +767,21 @@ def _redact(url: str) -> str:
 
 def _host_port(host: str, port: t.Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _connect_url(url: str, options: dict[str, t.Any]) -> tuple[t.Any, list[t.Callable[[], None]]]:
+    """A client for a Redis URL, and what closes it; every ``from_url`` builds with this.
+
+    :raises ConfigurationError: an unsupported URL, or an option redis-py refuses.
+    :raises BackendError: the client could not be built (a cluster that cannot be reached).
+    """
+    target = _parse_url(url)
+    try:
+        return _connect(target, options)
+    except _DRIVER_ERRORS as exc:
+        raise _translate(exc, _redact(url)) from exc
+    except (TypeError, ValueError) as exc:  # redis-py refusing the URL or an option
+        raise ConfigurationError(f"cannot use {_redact(url)!r}: {exc}") from exc
 
 
 def _connect(
