@@ -91,6 +91,7 @@ except ImportError as exc:  # pragma: no cover - redis is a declared dependency
         "RedisBackplane needs the 'redis' package; install it with `pip install redis`"
     ) from exc
 
+from tieredcache.backends.redis import _DRIVER_ERRORS
 from tieredcache.backends.redis import _close_all
 from tieredcache.backends.redis import _connect_url
 from tieredcache.backends.redis import _describe
@@ -132,11 +133,6 @@ _COUNTERS = (
     "reconnects",
 )
 
-_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.RedisError,
-    redis.exceptions.RedisClusterException,
-    OSError,
-)
 
 _B = t.TypeVar("_B", bound="Backplane")
 

@@ -62,22 +62,14 @@ import secrets
 import time
 import typing as t
 
-from tieredcache.entry import Entry
-from tieredcache.errors import ConfigurationError
-from tieredcache.errors import LockTimeoutError
-
-try:
-    import redis
-    import redis.exceptions
-except ImportError as exc:  # pragma: no cover - redis is a declared dependency
-    raise ConfigurationError(
-        "RedisLock needs the 'redis' package; install it with `pip install redis`"
-    ) from exc
-
+from tieredcache.backends.redis import _DRIVER_ERRORS
 from tieredcache.backends.redis import _close_all
 from tieredcache.backends.redis import _connect_url
 from tieredcache.backends.redis import _describe
 from tieredcache.backends.redis import _translate
+from tieredcache.entry import Entry
+from tieredcache.errors import ConfigurationError
+from tieredcache.errors import LockTimeoutError
 
 __all__ = ["RedisLock"]
 
@@ -100,12 +92,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.RedisError,
-    redis.exceptions.RedisClusterException,
-    OSError,
-)
 
 
 class RedisLock:
