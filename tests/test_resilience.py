@@ -136,7 +136,8 @@ def test_fail_open_writes_land_in_l1_and_are_replayed(offload: ThreadPoolOffload
     assert ("l2", ["k"]) in reports
     assert cache.stats()["replay_pending"] == 4
     l2.recover()
-    assert cache.replay() == 4
+    cache.replay()  # the gate's worker may be replaying at the same time: together, all
+    assert cache.wait_idle(5)
     assert l2.inner.get("k") == "v2"
     assert l2.inner.get("gone") is None  # the delete made during the outage landed
     assert l2.inner.get_many(["a", "b"]) == {"a": 1, "b": 2}
@@ -156,7 +157,7 @@ def test_replay_runs_by_itself_when_the_tier_answers_again(offload: ThreadPoolOf
     l2.recover()
     clock.now += 1
     assert cache.get("probe") is None  # the half-open probe closes the circuit...
-    assert offload.drain(5)  # ...which schedules the replay
+    assert cache.wait_idle(5)  # ...which wakes the replay
     assert l2.inner.get("k") is None
     assert cache.stats()["replayed"] == 1
 
@@ -167,10 +168,11 @@ def test_newer_write_supersedes_a_queued_replay(offload: ThreadPoolOffload) -> N
     cache.delete("k")
     l2.recover()
     cache.set("k", "after the outage")
-    assert offload.drain(5)
-    cache.replay()
+    assert cache.wait_idle(5)
     assert l2.inner.get("k") == "after the outage"
-    assert cache.stats()["replay_superseded"] == 1
+    figures = cache.stats()
+    # Superseded in the queue, or replayed by the worker just before the newer write.
+    assert figures["replay_superseded"] + figures["replayed"] == 1
 
 
 def test_replay_queue_is_bounded(offload: ThreadPoolOffload) -> None:
@@ -321,7 +323,7 @@ def test_redis_outage_keeps_a_fail_open_cache_serving(fresh_redis_server: t.Any)
 
         def worker() -> None:
             while not stop.is_set():
-                for i in range(20):
+                for i in range(1, 20):  # k0 is deleted during the outage
                     start = time.monotonic()
                     try:
                         assert cache.get(f"k{i}") == i  # served from L1 throughout
@@ -336,14 +338,16 @@ def test_redis_outage_keeps_a_fail_open_cache_serving(fresh_redis_server: t.Any)
             thread.start()
         assert wait_until(lambda: cache.stats()["breaker"]["state"] != "closed", 10)
         cache.delete("k0")  # a delete during the outage: queued, not lost
+        assert cache.get("k0") is None
         fresh_redis_server.resume()
+        # The gate's own replay worker probes L2: the breaker closes without any caller.
         assert wait_until(lambda: cache.stats()["breaker"]["state"] == "closed", 10)
         stop.set()
         for thread in threads:
             thread.join(10)
         assert not errors
-        # No call waits much past the socket timeout (two timeouts: a read, then a write).
-        assert max(slowest) < 5
+        # No call waits much past one call timeout (connect 0.3 s + reply 0.3 s).
+        assert max(slowest) < 2
         assert wait_until(lambda: cache.stats()["replay_pending"] == 0, 10)
         assert offload.drain(10)
         assert l2.get("k0") is None  # the delete made during the outage landed

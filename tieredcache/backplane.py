@@ -65,7 +65,6 @@ the interpreter joins non-daemon threads at exit, so exit never hangs on a subsc
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import json
 import logging
@@ -77,7 +76,9 @@ import time
 import typing as t
 import weakref
 
+from tieredcache import lifecycle
 from tieredcache.errors import ConfigurationError
+from tieredcache.ratelog import RateLimitedLog
 
 try:
     import redis
@@ -155,14 +156,18 @@ class Backplane:
     :meth:`close` from one. An exception from ``on_invalidate`` is logged and counted, and
     ``on_reset()`` follows, so no stale entry survives a failing callback.
 
-    :meth:`publish` never raises because of the transport: a failure is counted and logged
-    (rate-limited). Messages a backplane published itself are ignored by its subscriber.
+    :meth:`publish` never raises because of the transport: a failure is counted, logged
+    (rate-limited) and reported by returning False, so that the caller (a composition's L2
+    gate) can send the keys again later. Messages a backplane published itself are ignored
+    by its subscriber.
 
     Implementations are thread-safe and usable as context managers (:meth:`close` on exit).
     """
 
-    def publish(self, kind: str, keys: t.Sequence[str], version: int = 0) -> None:
+    def publish(self, kind: str, keys: t.Sequence[str], version: int = 0) -> bool:
         """Announce that this process changed ``keys``; never raises on transport errors.
+
+        :returns: True if the message was sent, False if it failed or was dropped.
 
         :param kind: ``"set"``, ``"delete"``, ``"touch"`` or ``"clear"``.
         :param keys: the cache's keys (ignored for ``"clear"``).
@@ -279,7 +284,7 @@ class RedisBackplane(Backplane):
     def _init_process_state(self) -> None:
         """The state that belongs to one process (rebuilt in a forked child)."""
         self._lock = threading.Lock()
-        self._log = _RateLimitedLog(logger, _LOG_INTERVAL)
+        self._log = RateLimitedLog(logger, _LOG_INTERVAL)
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._last_message_at: float | None = None
         self._ever_connected = False
@@ -343,14 +348,14 @@ class RedisBackplane(Backplane):
 
     # -- publishing -------------------------------------------------------------------
 
-    def publish(self, kind: str, keys: t.Sequence[str], version: int = 0) -> None:
+    def publish(self, kind: str, keys: t.Sequence[str], version: int = 0) -> bool:
         if kind not in KINDS:
             raise ConfigurationError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
         if isinstance(keys, (str, bytes)):
             raise ConfigurationError("keys must be a sequence of str, not a single str")
         if self._closed:
             self._count("dropped")
-            return
+            return False
         count = 0
         try:
             batch = [] if kind == "clear" else list(keys)
@@ -366,8 +371,9 @@ class RedisBackplane(Backplane):
                 self._target,
                 exc,
             )
-            return
+            return False
         self._count("published")
+        return True
 
     # -- subscribing ------------------------------------------------------------------
 
@@ -720,31 +726,6 @@ def _check_backoff(backoff: t.Any) -> tuple[float, float]:
     return float(first), float(most)
 
 
-class _RateLimitedLog:
-    """Warnings at most once per ``interval`` seconds per category, with a skipped count."""
-
-    def __init__(self, log: logging.Logger, interval: float) -> None:
-        self._log = log
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-
-    def warning(self, category: str, message: str, *args: t.Any, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(category)
-            if last is not None and now - last < self._interval:
-                self._skipped[category] = self._skipped.get(category, 0) + 1
-                return
-            self._last[category] = now
-            skipped = self._skipped.pop(category, 0)
-        if skipped:
-            message += " (%d similar message(s) suppressed)"
-            args = (*args, skipped)
-        self._log.warning(message, *args, exc_info=exc_info, stacklevel=2)
-
-
 # -- process-wide registry: exit and fork -------------------------------------------------------
 
 _live_lock = threading.Lock()
@@ -778,19 +759,7 @@ def _after_fork_in_child() -> None:
         backplane._after_fork_in_child()
 
 
-def _register_exit_hook() -> None:
-    # Subscriber threads are non-daemon, and the interpreter joins those before it runs
-    # atexit hooks: threading's own exit hooks run first, so close them from there.
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        try:
-            register(_close_at_exit)
-            return
-        except RuntimeError:  # pragma: no cover - the interpreter is shutting down
-            pass
-    atexit.register(_close_at_exit)  # pragma: no cover - interpreters without the hook
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-_register_exit_hook()
+# Subscriber threads are non-daemon: they are closed by the lifecycle's exit hook, which runs
+# before the interpreter joins them.
+lifecycle.on_fork(_after_fork_in_child, lifecycle.Stage.SUBSCRIBERS)
+lifecycle.on_exit(_close_at_exit, lifecycle.Stage.SUBSCRIBERS)

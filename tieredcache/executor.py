@@ -13,6 +13,8 @@ import os
 import threading
 import typing as t
 
+from tieredcache import lifecycle
+
 __all__ = [
     "default_executor",
     "in_worker",
@@ -121,5 +123,4 @@ def _reset_after_fork() -> None:
     _default_lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+lifecycle.on_fork(_reset_after_fork, lifecycle.Stage.EXECUTORS)

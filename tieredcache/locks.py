@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import typing as t
 
+from tieredcache import lifecycle
 from tieredcache.errors import LockTimeoutError
 
 __all__ = ["SingleFlight"]
@@ -33,6 +34,11 @@ class SingleFlight:
     """
 
     def __init__(self) -> None:
+        self._reset_after_fork()
+        lifecycle.track(self, lifecycle.Stage.STATE, after_fork="_reset_after_fork")
+
+    def _reset_after_fork(self) -> None:
+        # The leaders of the parent's calls do not exist in a forked child.
         self._lock = threading.Lock()
         self._calls: dict[t.Hashable, _Call] = {}
 

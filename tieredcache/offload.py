@@ -20,12 +20,10 @@ Every offload keeps counters that always add up (see :class:`OffloadStats`)::
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import functools
 import itertools
 import logging
-import os
 import threading
 import typing as t
 import weakref
@@ -36,6 +34,7 @@ from concurrent import futures
 # order, so our drain runs while the executors still accept work.
 from concurrent.futures import ThreadPoolExecutor
 
+from tieredcache import lifecycle
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import OffloadError
 
@@ -771,23 +770,11 @@ def _drain_at_exit() -> None:
             logger.warning("could not drain %r at exit", offload, exc_info=True)
 
 
-def _register_exit_hook() -> None:
-    # threading's exit hooks run before concurrent.futures stops taking work and before atexit
-    # hooks; plain atexit is the fallback for interpreters without them.
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        try:
-            register(_drain_at_exit)
-            return
-        except RuntimeError:  # the interpreter is already shutting down
-            pass
-    atexit.register(_drain_at_exit)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
-_register_exit_hook()
+# The lifecycle's exit hook runs before concurrent.futures stops taking work.
+lifecycle.on_fork(
+    _after_fork_in_child,
+    lifecycle.Stage.EXECUTORS,
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+)
+lifecycle.on_exit(_drain_at_exit, lifecycle.Stage.EXECUTORS)

@@ -34,7 +34,7 @@ def test_resilience_options_are_applied(redis_url: str) -> None:
     first, second = build_cache(redis_url, options), build_cache(redis_url, options)
     try:
         assert first.stats()["fail_open"] is True
-        breaker = first._guard.breaker
+        breaker = first.breaker
         assert (breaker.failures, breaker.reset_after) == (2, 1.5)
         assert first.jitter == 0.1
         assert first.backplane.wait_connected(5) and second.backplane.wait_connected(5)

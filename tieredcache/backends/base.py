@@ -29,7 +29,7 @@ from tieredcache.serializers import EntryCodec
 from tieredcache.stats import COUNTERS
 from tieredcache.stats import Counters
 
-__all__ = ["COUNTERS", "Backend"]
+__all__ = ["COUNTERS", "Backend", "check_key", "unique_keys"]
 
 logger = logging.getLogger("tieredcache")
 
@@ -121,6 +121,11 @@ class Backend:
 
     def _close(self) -> None:
         """Release connections and threads; later calls may reconnect."""
+
+    @property
+    def call_timeout(self) -> float | None:
+        """The longest one call waits for the store to answer (``None``: no bound known)."""
+        return None
 
     def _translate(self, exc: BaseException) -> BackendError:
         """Map a driver exception to the most specific ``BackendError``."""
@@ -412,12 +417,14 @@ class Backend:
         return f"<{type(self).__name__}>"
 
 
-def _check_key(key: t.Any) -> None:
+def check_key(key: t.Any) -> None:
+    """Raise :class:`InvalidKeyError` unless ``key`` is a str."""
     if not isinstance(key, str):
         raise InvalidKeyError(f"cache keys must be str, not {type(key).__name__}")
 
 
-def _unique_keys(keys: t.Iterable[str]) -> list[str]:
+def unique_keys(keys: t.Iterable[str]) -> list[str]:
+    """``keys`` as a list without repeats, each checked; a single str is an error."""
     if isinstance(keys, str):
         raise InvalidKeyError("expected an iterable of keys, got a single str")
     wanted = list(dict.fromkeys(keys))
@@ -429,4 +436,8 @@ def _check_keys(keys: t.Iterable[t.Any]) -> None:
     # The types of all keys in one C-level pass; str subclasses are checked one by one.
     if set(map(type, keys)) - {str}:
         for key in keys:
-            _check_key(key)
+            check_key(key)
+
+
+_check_key = check_key
+_unique_keys = unique_keys

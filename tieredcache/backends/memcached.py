@@ -538,6 +538,11 @@ class MemcachedBackend(Backend):
             return _format_server(server)
         return ", ".join(_format_server(s) for s in self.servers) or "memcached"
 
+    @property
+    def call_timeout(self) -> float | None:
+        """The longest one call waits: the connect and the reply timeouts."""
+        return self.timeout + self.connect_timeout
+
     def _stats_extra(self) -> dict[str, t.Any]:
         return {
             "servers": [_format_server(s) for s in self.servers],

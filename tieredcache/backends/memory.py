@@ -18,7 +18,6 @@ without making readers queue behind each other.
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import sys
 import threading
@@ -27,6 +26,7 @@ import weakref
 
 import cachetools
 
+from tieredcache import lifecycle
 from tieredcache.backends.base import _CORRUPT
 from tieredcache.backends.base import _SETS
 from tieredcache.backends.base import Backend
@@ -544,5 +544,4 @@ def _reset_locks_after_fork() -> None:
         backend._lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks_after_fork)
+lifecycle.on_fork(_reset_locks_after_fork, lifecycle.Stage.STATE)

@@ -29,13 +29,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import os
 import struct
 import threading
 import typing as t
 import urllib.parse
 import weakref
 
+from tieredcache import lifecycle
 from tieredcache.backends.base import Backend
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
@@ -441,6 +441,16 @@ class RedisBackend(Backend):
     def _translate(self, exc: BaseException) -> BackendError:
         return _translate(exc, self._target)
 
+    @property
+    def call_timeout(self) -> float | None:
+        """The longest one call waits: the connect and the reply timeouts."""
+        kwargs = getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {})
+        read = kwargs.get("socket_timeout")
+        if not isinstance(read, (int, float)):
+            return None
+        connect = kwargs.get("socket_connect_timeout")
+        return float(read) + (float(connect) if isinstance(connect, (int, float)) else 0.0)
+
     def _stats_extra(self) -> dict[str, t.Any]:
         figures: dict[str, t.Any] = {"prefix": self.prefix, "target": self._target}
         pool = getattr(self._client, "connection_pool", None)
@@ -638,8 +648,7 @@ def _forget_direct_connections_after_fork() -> None:
         direct._forget_after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_direct_connections_after_fork)
+lifecycle.on_fork(_forget_direct_connections_after_fork, lifecycle.Stage.CONNECTIONS)
 
 
 # -- errors ---------------------------------------------------------------------------

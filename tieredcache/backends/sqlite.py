@@ -389,6 +389,11 @@ class SQLiteBackend(Backend):
             return BackendResponseError(message, backend=self.name)
         return BackendError(message, backend=self.name)
 
+    @property
+    def call_timeout(self) -> float | None:
+        """The longest one call waits: the connect and the reply timeouts."""
+        return self.timeout
+
     def _stats_extra(self) -> dict[str, t.Any]:
         figures: dict[str, t.Any] = {
             "path": self.path,

@@ -39,6 +39,7 @@ import re
 import threading
 import typing as t
 
+from tieredcache import lifecycle
 from tieredcache.backends.base import Backend
 from tieredcache.backends.memory import MemoryBackend
 from tieredcache.backends.null import NullBackend
@@ -642,8 +643,7 @@ def _reset_after_fork() -> None:
     _registry_pid = os.getpid()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+lifecycle.on_fork(_reset_after_fork, lifecycle.Stage.CACHES)
 
 
 def shared_cache(

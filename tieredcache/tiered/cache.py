@@ -4,25 +4,25 @@ Composition
 
 :class:`TieredCache` composes two layers, an L1 and an L2, with a read, a write and a refill
 policy. It is a backend itself, so compositions nest: ``TieredCache(l1, TieredCache(l2,
-l3))`` is a three-tier cache. It holds no data of its own; the policies decide the control
-flow and :mod:`tieredcache.ordering` keeps late writes from overtaking newer ones.
+l3))`` is a three-tier cache. It holds no data of its own.
+
+One owner runs each operation from start to end: the composition validates and stamps the
+write once, takes the keys' place in the per-key ordering (:mod:`.ordering`), runs the L1
+leg, and hands the L2 leg to its :class:`~.l2gate.L2Gate`, which owns the breaker,
+fail-open, the replay of failed writes and the announcement of what landed. Loading values
+(``get_or_set``, stale-while-revalidate) is the :class:`~.refresh.Refresher`'s.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import random
 import typing as t
 
-from tieredcache.backends.base import _CORRUPT
-from tieredcache.backends.base import _DELETES
-from tieredcache.backends.base import _ERRORS
-from tieredcache.backends.base import _HITS
-from tieredcache.backends.base import _MISSES
-from tieredcache.backends.base import _SETS
 from tieredcache.backends.base import Backend
-from tieredcache.backends.base import _check_key
-from tieredcache.backends.base import _unique_keys
+from tieredcache.backends.base import check_key
+from tieredcache.backends.base import unique_keys
 from tieredcache.backends.null import NullBackend
 from tieredcache.breaker import CircuitBreaker
 from tieredcache.entry import DEFAULT
@@ -30,16 +30,11 @@ from tieredcache.entry import Entry
 from tieredcache.entry import Timer
 from tieredcache.entry import next_version
 from tieredcache.entry import validate_ttl
-from tieredcache.errors import BackendError
+from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import BothLayersFailed
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.executor import default_executor
-from tieredcache.loading import RefreshMixin
-from tieredcache.offload import OffloadKey
-from tieredcache.ordering import KeyState
-from tieredcache.ordering import Leg
-from tieredcache.ordering import Ordering
 from tieredcache.policies.base import PolicyContext
 from tieredcache.policies.base import tag_tier
 from tieredcache.policies.read import ReadPolicy
@@ -49,13 +44,22 @@ from tieredcache.policies.write import LoserPolicy
 from tieredcache.policies.write import RaceWrite
 from tieredcache.policies.write import SequentialWrite
 from tieredcache.policies.write import WritePolicy
-from tieredcache.resilience import FailOpenMixin
-from tieredcache.resilience import TierGuard
 from tieredcache.serializers import Serializer
 from tieredcache.stats import TIERED_COUNTERS
 from tieredcache.stats import TIERED_INDEX
+from tieredcache.stats import Counters
+from tieredcache.tiered.l2gate import L2Gate
+from tieredcache.tiered.l2gate import PartialFailureHook
+from tieredcache.tiered.l2gate import delete_replay
+from tieredcache.tiered.l2gate import set_replay
+from tieredcache.tiered.l2gate import touch_replay
+from tieredcache.tiered.ordering import L1
+from tieredcache.tiered.ordering import Ordering
+from tieredcache.tiered.ordering import ReadToken
+from tieredcache.tiered.refresh import Refresher
 
 if t.TYPE_CHECKING:
+    from tieredcache.backplane import Backplane
     from tieredcache.offload import Offload
 
 __all__ = ["TieredCache"]
@@ -63,45 +67,46 @@ __all__ = ["TieredCache"]
 logger = logging.getLogger("tieredcache")
 
 _IDX = TIERED_INDEX
+_HITS, _MISSES, _ERRORS = _IDX["hits"], _IDX["misses"], _IDX["errors"]
+_SETS, _DELETES = _IDX["sets"], _IDX["deletes"]
 _L1_HITS, _L2_HITS = _IDX["l1_hits"], _IDX["l2_hits"]
 _REFILLS, _REFILLS_SKIPPED = _IDX["refills"], _IDX["refills_skipped"]
 _REFILL_ERRORS, _INVALIDATIONS = _IDX["refill_errors"], _IDX["invalidations_received"]
-_L1, _L2 = 0, 1
-
-PartialFailureHook = t.Callable[[str, t.Sequence[str], BaseException], None]
 
 
-class TieredCache(RefreshMixin, FailOpenMixin, Backend):
+class TieredCache(Backend):
     """Two layers composed by a read, a write and a refill policy; a backend itself.
 
-    Thread-safe. Per key, writes from this process land in every layer in the order they
-    were made: a late race loser or refill never overwrites a newer value or brings back a
-    deleted key, and a leg already in flight to a slow L2 completes before the next write
-    of that key is sent to it.
+    Thread-safe and fork-safe. Per key, writes from this process land in every layer in the
+    order they were made: a late race loser or refill never overwrites a newer value or
+    brings back a deleted key, and a leg already in flight to a slow L2 completes before the
+    next write of that key is sent to it.
 
     :param l1: the near layer (usually a :class:`~tieredcache.MemoryBackend`).
     :param l2: the far layer (Redis, memcached, SQLite, or another ``TieredCache``).
     :param read: the read policy (default :class:`~tieredcache.SequentialRead`).
     :param write: the write policy (default :class:`~tieredcache.SequentialWrite`).
     :param refill: whether an L2 hit is copied into L1 (default ``Refill.ALWAYS``).
-    :param offload: carries race losers to completion; ``None`` uses the process-wide
-        :func:`~tieredcache.default_offload`, created on first use and drained at exit.
+    :param offload: carries race losers and refreshes to completion; ``None`` uses the
+        process-wide :func:`~tieredcache.default_offload`, drained at exit.
     :param l1_ttl: an upper bound, in seconds, on how long L1 keeps an entry (on writes
         and refills), so that L1 copies age out even when L2 is changed by others.
-    :param executor: runs the legs of parallel and racing operations; ``None`` uses a
-        process-wide thread pool.
+    :param executor: runs the legs of parallel and racing operations; ``None`` uses the
+        process-wide thread pool (a new one in a forked child).
     :param default_ttl: the TTL used when a call passes none.
     :param timer: the clock (default: the L1's).
     :param on_partial_failure: called as ``hook(tier, keys, exc)`` when a write returned
         normally although one layer failed (parallel and racing writes, fail-open).
-    :param fail_open: turn L2 failures into misses and L1-only writes (logged, rate-limited,
-        and counted) instead of raising; failed L2 writes and deletes are replayed when L2
-        answers again. ``incr`` always raises: it cannot be right without L2.
+    :param fail_open: turn L2 availability failures into misses and L1-only writes
+        (logged, rate-limited, and counted) instead of raising; failed L2 writes and deletes
+        are replayed as soon as L2 answers again, and reads of their keys answer from the
+        queue meanwhile. ``incr`` always raises: it cannot be right without L2.
     :param breaker: the L2's :class:`~tieredcache.CircuitBreaker`; by default a new
         ``CircuitBreaker()`` for a remote L2 and none for an in-process one; ``None`` = no
         breaker.
     :param backplane: a :class:`~tieredcache.backplane.Backplane` that tells other processes
-        which keys changed, and evicts L1 copies of what they change.
+        which keys changed (after L2 has the change), and evicts L1 copies of what they
+        change.
     :param jitter: a fraction in ``[0, 1)``: each write's TTL is shortened by a random part
         of it, so entries written together do not all expire together.
     :param replay_limit: the most keys whose failed L2 writes wait for replay.
@@ -124,8 +129,8 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
         timer: Timer | None = None,
         on_partial_failure: PartialFailureHook | None = None,
         fail_open: bool = False,
-        breaker: t.Any = DEFAULT,
-        backplane: t.Any = None,
+        breaker: CircuitBreaker | t.Any | None = DEFAULT,
+        backplane: Backplane | None = None,
         jitter: float = 0.0,
         replay_limit: int = 10_000,
     ) -> None:
@@ -161,11 +166,18 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
                 f"{type(offload).__name__} drops them. Use ThreadPoolOffload or "
                 "InlineOffload, or RaceWrite(loser=LoserPolicy.DROP) to drop losers."
             )
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+            raise ConfigurationError(f"jitter must be a fraction in [0, 1), not {jitter!r}")
+        self.jitter = float(jitter)
+        if breaker is DEFAULT:
+            breaker = None if l2.local else CircuitBreaker(name=f"l2 {l2.name}")
+        elif breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise ConfigurationError(f"breaker must be a CircuitBreaker or None, not {breaker!r}")
         self._offload = offload
         self._executor = executor
         self.on_partial_failure = on_partial_failure
         self.local = l1.local and l2.local
-        self._counters = self._counters.__class__(TIERED_COUNTERS)
+        self._counters = Counters(TIERED_COUNTERS)
         # The read path counts with incrementers: one atomic call per lookup.
         self._count_l1_hit = self._counters.incrementer("hits", "l1_hits")
         self._count_l2_hit = self._counters.incrementer("hits", "l2_hits")
@@ -178,18 +190,21 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
         self._check_values = self._serializers_to_check()
         # With a NullBackend as L2 the composition is an L1-only cache: L1 decides add/incr.
         self._l2_stores_nothing = isinstance(l2, NullBackend)
-        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
-            raise ConfigurationError(f"jitter must be a fraction in [0, 1), not {jitter!r}")
-        self.jitter = float(jitter)
-        if breaker is DEFAULT:
-            breaker = None if l2.local else CircuitBreaker(name=f"l2 {l2.name}")
-        elif breaker is not None and not isinstance(breaker, CircuitBreaker):
-            raise ConfigurationError(f"breaker must be a CircuitBreaker or None, not {breaker!r}")
-        self._guard = TierGuard(breaker, bool(fail_open), replay_limit)
-        if breaker is not None:
-            breaker.on_close(self._schedule_replay)
-        self._replay_key = OffloadKey.explicit("replay", f"{id(self):x}")
         self.backplane = backplane
+        self._gate = L2Gate(
+            l2,
+            l1,
+            self._ordering,
+            self._counters,
+            breaker=breaker,
+            fail_open=bool(fail_open),
+            replay_limit=replay_limit,
+            backplane=backplane,
+            on_partial_failure=self._report_l2_partial,
+        )
+        self._refresher = Refresher(
+            self, self._gate, self._ordering, self._counters, self._flights
+        )
         if backplane is not None:
             backplane.subscribe(self._on_invalidate, self._on_reset)
 
@@ -198,18 +213,33 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
     @property
     def offload(self) -> Offload:
         """The offload carrying this cache's background work."""
-        if self._offload is None:
-            from tieredcache.offload import default_offload
+        if self._offload is not None:
+            return self._offload
+        from tieredcache.offload import default_offload
 
-            self._offload = default_offload()
-        return self._offload
+        return default_offload()
 
     @property
     def executor(self) -> concurrent.futures.Executor:
         """The executor running this cache's parallel legs."""
-        if self._executor is None:
-            self._executor = default_executor()
-        return self._executor
+        # The process-wide pool is looked up on every use, never kept: after a fork the
+        # child gets a pool of its own instead of one whose threads do not exist there.
+        return self._executor if self._executor is not None else default_executor()
+
+    @property
+    def fail_open(self) -> bool:
+        """True when L2 availability failures are absorbed (see the class docstring)."""
+        return self._gate.fail_open
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The L2's circuit breaker, if any."""
+        return self._gate.breaker
+
+    @property
+    def call_timeout(self) -> float | None:
+        """The longest one call waits on L2 (nested compositions: their own bound)."""
+        return self._gate.timeout
 
     def serializers(self) -> list[Serializer]:
         """Every serializer the layers use (nested compositions included)."""
@@ -240,12 +270,14 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
                 unique.append(serializer)
         return unique
 
-    def _check_serializable(self, values: t.Iterable[t.Any]) -> None:
+    def check_serializable(self, values: t.Iterable[t.Any]) -> None:
+        """Raise :class:`~tieredcache.errors.SerializationError` unless every layer can
+        serialize every value (before any layer is written)."""
         for serializer in self._check_values:
             for value in values:
                 serializer.dumps(value)
 
-    def _cap(self, entry: Entry, now: float) -> Entry:
+    def cap(self, entry: Entry, now: float) -> Entry:
         """The entry as L1 keeps it: no longer than ``l1_ttl``."""
         if self.l1_ttl is None:
             return entry
@@ -254,16 +286,37 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
             return entry
         return entry.replace(expires_at=limit)
 
+    def make_entry(self, value: t.Any, ttl: t.Any) -> Entry | None:
+        """The entry a write of ``value`` under ``ttl`` stores (``None``: store nothing)."""
+        return self._new_entry(value, ttl)
+
+    def _ttl_seconds(self, ttl: t.Any) -> float | None:
+        seconds = self._resolve_ttl(ttl)
+        if self.jitter and seconds is not None and seconds > 0:
+            seconds *= 1.0 - self.jitter * random.random()
+        return seconds
+
     # -- reporting --------------------------------------------------------------------
 
     def _report_read(self, tier: str, exc: BaseException) -> None:
         self._counters.slot()[_IDX[f"{tier}_read_errors"]] += 1
         logger.warning("tiered: %s read failed, counted as a miss: %r", tier, exc)
 
+    def _report_l2_partial(self, tier: str, keys: t.Sequence[str], exc: BaseException) -> None:
+        if self.on_partial_failure is not None:
+            self.on_partial_failure(tier, keys, exc)
+
     def _write_context(self, keys: t.Sequence[str], operation: str) -> PolicyContext:
         def report(tier: str, exc: BaseException) -> None:
             self._counters.slot()[_IDX[f"{tier}_write_errors"]] += 1
-            logger.warning("tiered: %s %s of %d key(s) failed: %r", tier, operation, len(keys), exc)
+            self._gate.log.warning(
+                f"{tier}-{operation}",
+                "tiered: %s %s of %d key(s) failed: %r",
+                tier,
+                operation,
+                len(keys),
+                exc,
+            )
             if self.on_partial_failure is not None:
                 try:
                     self.on_partial_failure(tier, list(keys), exc)
@@ -275,61 +328,6 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
         offload = self.offload if isinstance(self.write, RaceWrite) else self._offload
         return PolicyContext(self.executor, offload, self.l1.local, report, operation)
 
-    # -- ordered legs -----------------------------------------------------------------
-
-    def _guarded(
-        self,
-        tier: int,
-        keys: list[str],
-        states: list[KeyState],
-        seq: int,
-        op: t.Callable[[list[str]], object],
-        *,
-        mark: bool = True,
-        supersede: bool = True,
-    ) -> object:
-        """Run ``op`` on the keys whose layer ``tier`` holds nothing newer than ``seq``.
-
-        With ``supersede=False`` the operation runs whatever landed meanwhile (an atomic
-        read-modify-write such as ``incr`` or ``add`` decides at the store itself).
-        """
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        locks = [states[i].locks[tier] for i in order]
-        for lock in locks:
-            lock.acquire()
-        try:
-            if supersede and seq < self._ordering.cleared:
-                return None
-            live = [keys[i] for i in order if not supersede or states[i].written[tier] <= seq]
-            if not live:
-                return None
-            result = op(live)
-            if mark:
-                for i in order:
-                    if states[i].written[tier] < seq:
-                        states[i].written[tier] = seq
-            return result
-        finally:
-            for lock in reversed(locks):
-                lock.release()
-
-    def _legs(
-        self,
-        keys: list[str],
-        seq: int,
-        l1_op: t.Callable[[list[str]], object],
-        l2_op: t.Callable[[list[str]], object],
-    ) -> tuple[Leg, Leg]:
-        states = self._ordering.begin_write(keys, seq)
-
-        def release() -> None:
-            self._ordering.end_leg(keys, states)
-
-        return (
-            Leg(lambda: self._guarded(_L1, keys, states, seq, l1_op), release),
-            Leg(lambda: self._guarded(_L2, keys, states, seq, l2_op), release),
-        )
-
     # -- reads ------------------------------------------------------------------------
 
     def get(self, key: str, default: t.Any = None) -> t.Any:
@@ -338,7 +336,7 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
             try:
                 entry = self.l1.get_entry(key)
             except Exception as exc:
-                _check_key(key)
+                check_key(key)
                 self._report_read("l1", tag_tier(exc, "l1"))
                 entry = self._read_one_from_l2(key, exc)
             else:
@@ -355,27 +353,31 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
             try:
                 entry = self.l1.get_entry(key)
             except Exception as exc:
-                _check_key(key)
+                check_key(key)
                 self._report_read("l1", tag_tier(exc, "l1"))
                 return self._read_one_from_l2(key, exc)
             if entry is not None:
                 self._count_l1_hit()
                 return entry
             return self._read_one_from_l2(key, None)
-        _check_key(key)
+        check_key(key)
         return self._read_through([key]).get(key)
 
-    def _read_one_from_l2(self, key: str, l1_error: BaseException | None) -> Entry | None:
-        """L1 missed (or failed on) ``key``: read it from L2 and refill L1.
+    def l1_entry(self, key: str) -> Entry | None:
+        """L1's unexpired entry for ``key``; an L1 failure is a (counted) miss."""
+        try:
+            return self.l1.get_entry(key)
+        except Exception as exc:
+            self._report_read("l1", tag_tier(exc, "l1"))
+            return None
 
-        ``_read_through`` for one key, without its batch structures: the same ordering
-        token, error table, counters and refill rule.
-        """
+    def _read_one_from_l2(self, key: str, l1_error: BaseException | None) -> Entry | None:
+        """L1 missed (or failed on) ``key``: read it from L2 and refill L1."""
         ordering = self._ordering
         token = ordering.begin_read_one(key)
         try:
             try:
-                entry = self._l2_read_one(key)
+                entry = self._gate.read([key]).get(key)
             except Exception as exc:
                 if l1_error is not None:
                     raise BothLayersFailed(l1_error, tag_tier(exc, "l2"), operation="get") from None
@@ -391,28 +393,13 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
                 self._count_l2_hit()
                 # An L1 that failed to read may hold a newer value it could not show.
                 if self.refill is Refill.ALWAYS and l1_error is None:
-                    self._refill_one(key, token, entry)
+                    self._refill({key: token}, {key: entry})
         finally:
             ordering.end_read_one(key, token)
         return entry
 
-    def _refill_one(self, key: str, token: tuple[KeyState, int, int], entry: Entry) -> None:
-        now = self._now()
-        with token[0].locks[_L1]:
-            try:
-                if self._ordering.refill_allowed(token):
-                    self.l1.set_entry(key, self._cap(entry, now))
-                    self._count_refill()
-                else:
-                    self._count_refill_skipped()
-            except Exception as exc:
-                # A refill is an optimisation: its failure never changes what the read returns.
-                self._counters.slot()[_REFILL_ERRORS] += 1
-                if not isinstance(exc, ValueTooLargeError):
-                    logger.warning("tiered: refilling l1 failed: %r", exc)
-
     def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
-        wanted = _unique_keys(keys)
+        wanted = unique_keys(keys)
         if not wanted:
             return {}
         return self._read_through(wanted)
@@ -433,7 +420,7 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
             ctx = self._read_ctx
             if not self.l1.local:
                 ctx = PolicyContext(self.executor, None, False, self._report_read, "get")
-            answer = self.read.execute(keys, l1_leg, self._l2_read, ctx)
+            answer = self.read.execute(keys, l1_leg, self._gate.read, ctx)
         except BaseException:
             self._counters.slot()[_ERRORS] += len(keys)
             self._ordering.end_read(keys, tokens)
@@ -447,34 +434,33 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
             slot[_L1_HITS] += len(answer) - len(from_l2)
             # An L1 that failed to read may hold a newer value it could not show: no refill.
             if from_l2 and self.refill is Refill.ALWAYS and not failures:
-                self._refill(keys, tokens, from_l2)
+                self._refill(dict(zip(keys, tokens)), from_l2)
         finally:
             self._ordering.end_read(keys, tokens)
         return {k: e for k, (e, _) in answer.items()}
 
-    def _refill(
-        self,
-        keys: list[str],
-        tokens: list[tuple[KeyState, int, int]],
-        from_l2: dict[str, Entry],
-    ) -> None:
+    def _refill(self, token_of: t.Mapping[str, ReadToken], from_l2: dict[str, Entry]) -> None:
+        """Copy L2's answers into L1, unless a write of the key began since the read did or
+        waits for replay (its answer then came from the replay queue, not from L2)."""
         now = self._now()
-        token_of = dict(zip(keys, tokens))
         chosen = sorted(from_l2)
-        locks = [token_of[k][0].locks[_L1] for k in chosen]
+        locks = [token_of[k][0].locks[L1] for k in chosen]
         for lock in locks:
             lock.acquire()
         try:
             items = {}
             for key in chosen:
-                if self._ordering.refill_allowed(token_of[key]):
-                    items[key] = self._cap(from_l2[key], now)
+                if self._ordering.refill_allowed(token_of[key]) and not self._gate.pending(key):
+                    items[key] = self.cap(from_l2[key], now)
             skipped = len(chosen) - len(items)
             if items:
                 self.l1.set_entries(items)
-            slot = self._counters.slot()
-            slot[_REFILLS] += len(items)
-            slot[_REFILLS_SKIPPED] += skipped
+            if len(chosen) == 1:
+                (self._count_refill if items else self._count_refill_skipped)()
+            else:
+                slot = self._counters.slot()
+                slot[_REFILLS] += len(items)
+                slot[_REFILLS_SKIPPED] += skipped
         except Exception as exc:
             # A refill is an optimisation: its failure never changes what the read returns.
             self._counters.slot()[_REFILL_ERRORS] += 1
@@ -486,7 +472,9 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
 
     # -- writes -----------------------------------------------------------------------
 
-    def _write_l1(self, items: dict[str, Entry]) -> t.Callable[[list[str]], object]:
+    def write_l1(self, items: dict[str, Entry]) -> t.Callable[[list[str]], object]:
+        """The L1 part of a set of ``items``."""
+
         def op(live: list[str]) -> None:
             chosen = {k: items[k] for k in live}
             try:
@@ -506,203 +494,205 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
 
     def set_entries(self, items: t.Mapping[str, Entry]) -> None:
         for key in items:
-            _check_key(key)
+            check_key(key)
         now = self._now()
         live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
         dead = [k for k in items if k not in live]
         if live:
-            self._check_serializable([e.value for e in live.values()])
-            keys = list(live)
-            l1_items = {k: self._cap(e, now) for k, e in live.items()}
-            seq = next_version()
-            leg1, leg2 = self._legs(
-                keys,
-                seq,
-                self._write_l1(l1_items),
-                lambda chosen: self._l2_set(chosen, live, seq),
-            )
-            self.write.execute(leg1, leg2, self._write_context(keys, "set"))
-            self._counters.slot()[_SETS] += len(keys)
-            self._publish("set", keys, seq)
+            self.check_serializable([e.value for e in live.values()])
+            self.write_entries(live, now)
         if dead:
             self.delete_many(dead)
 
+    def write_entries(self, live: dict[str, Entry], now: float) -> None:
+        """Write validated, unexpired ``live`` entries through the write policy."""
+        keys = list(live)
+        gate = self._gate
+        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
+            leg1 = slot.leg(L1, self.write_l1({k: self.cap(e, now) for k, e in live.items()}))
+            leg2 = gate.leg(slot, gate.set_op(live, slot.seq), set_replay(live))
+            self.write.execute(leg1, leg2, self._write_context(keys, "set"))
+        self._counters.slot()[_SETS] += len(keys)
+
     def add_entry(self, key: str, entry: Entry) -> bool:
-        _check_key(key)
+        check_key(key)
         now = self._now()
         if entry.expires_at is not None and entry.expires_at <= now:
             return False
-        self._check_serializable([entry.value])
+        self.check_serializable([entry.value])
         keys = [key]
-        seq = next_version()
-        states = self._ordering.begin_write(keys, seq)
-        try:
+        gate = self._gate
+        l1_entry = self.cap(entry, now)
+        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
             if self._l2_stores_nothing:
-                added = self._guarded(
-                    _L1, keys, states, seq, lambda _: self.l1.add_entry(key, self._cap(entry, now))
-                )
-                return bool(added)
+                return bool(slot.run(L1, lambda _: self.l1.add_entry(key, l1_entry)))
+
+            def add_l2(_: list[str]) -> bool:
+                added: bool = gate.call(self.l2.add_entry, key, entry)
+                if added:
+                    gate.landed("set", keys, slot.seq)
+                return added
+
             # L2 is the shared authority: the add is decided there, then mirrored in L1.
             try:
-                added = self._guarded(
-                    _L2,
-                    keys,
-                    states,
-                    seq,
-                    lambda _: self._guard.call(self.l2.add_entry, key, entry),
-                    supersede=False,
-                )
-            except BackendError as exc:
-                if not self._guard.fail_open:
+                added = gate.run(slot, add_l2, None, supersede=False)
+            except BackendUnavailableError as exc:
+                if not gate.fail_open:
                     raise
-                self._absorb("write", "add", keys, exc)
+                gate.absorb("write", "add", keys, exc)
                 # Without L2 the add can only be decided by this process's L1.
-                return bool(
-                    self._guarded(
-                        _L1,
-                        keys,
-                        states,
-                        seq,
-                        lambda _: self.l1.add_entry(key, self._cap(entry, now)),
-                    )
-                )
+                return bool(slot.run(L1, lambda _: self.l1.add_entry(key, l1_entry)))
             if added:
-                self._guarded(_L1, keys, states, seq, self._write_l1({key: self._cap(entry, now)}))
+                slot.run(L1, self.write_l1({key: l1_entry}))
                 self._counters.slot()[_SETS] += 1
-                self._publish("set", keys, seq)
             return bool(added)
-        finally:
-            self._ordering.end_leg(keys, states)
-            self._ordering.end_leg(keys, states)
 
     def delete(self, key: str) -> bool:
-        _check_key(key)
+        check_key(key)
         return bool(self._delete_keys([key]))
 
     def delete_many(self, keys: t.Iterable[str]) -> int:
         """Remove ``keys`` from both layers (L2 first); how many either layer held."""
-        wanted = _unique_keys(keys)
+        wanted = unique_keys(keys)
         if not wanted:
             return 0
         return len(self._delete_keys(wanted))
 
     def delete_each(self, keys: t.Iterable[str]) -> list[str]:
         """Remove ``keys`` from both layers (L2 first); the ones either layer held."""
-        wanted = _unique_keys(keys)
+        wanted = unique_keys(keys)
         if not wanted:
             return []
         return self._delete_keys(wanted)
 
     def _delete_keys(self, keys: list[str]) -> list[str]:
         """Delete from L2, then L1, so that a concurrent refill cannot bring a key back."""
-        seq = next_version()
-        states = self._ordering.begin_write(keys, seq)
         errors: dict[str, BaseException] = {}
         held: set[str] = set()
-        ops: tuple[tuple[int, t.Callable[[list[str]], object]], ...] = (
-            (_L2, lambda live: self._l2_delete(live, seq)),
-            (_L1, self.l1.delete_each),
-        )
-        for tier, op in ops:
-            name = "l1" if tier == _L1 else "l2"
+        gate = self._gate
+        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
             try:
-                result = self._guarded(tier, keys, states, seq, op)
+                result = gate.run(slot, gate.delete_op(slot.seq), delete_replay)
                 held.update(t.cast("list[str]", result or ()))
             except Exception as exc:
-                errors[name] = tag_tier(exc, name)
-            finally:
-                self._ordering.end_leg(keys, states)
+                errors["l2"] = tag_tier(exc, "l2")
+            try:
+                held.update(t.cast("list[str]", slot.run(L1, self.l1.delete_each) or ()))
+            except Exception as exc:
+                errors["l1"] = tag_tier(exc, "l1")
         self._counters.slot()[_DELETES] += len(keys)
         if len(errors) == 2:
             raise BothLayersFailed(errors["l1"], errors["l2"], operation="delete")
         for failure in errors.values():
             raise failure
-        self._publish("delete", keys, seq)
         return [key for key in keys if key in held]
 
     def touch_entry(self, key: str, expires_at: float | None) -> bool:
-        _check_key(key)
-        if expires_at is not None and expires_at <= self._now():
+        check_key(key)
+        now = self._now()
+        if expires_at is not None and expires_at <= now:
             return self.delete(key)
         keys = [key]
-        seq = next_version()
-        states = self._ordering.begin_write(keys, seq)
-        now = self._now()
-        l1_expiry = self._cap(Entry(None, expires_at), now).expires_at
-        try:
-            touched2 = self._guarded(
-                _L2, keys, states, seq, lambda _: self._l2_touch(key, expires_at, seq), mark=False
+        l1_expiry = self.cap(Entry(None, expires_at), now).expires_at
+        gate = self._gate
+        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
+            touched2 = gate.run(
+                slot, gate.touch_op(key, expires_at, slot.seq), touch_replay(expires_at), mark=False
             )
-            touched1 = self._guarded(
-                _L1, keys, states, seq, lambda _: self.l1.touch_entry(key, l1_expiry), mark=False
-            )
-        finally:
-            self._ordering.end_leg(keys, states)
-            self._ordering.end_leg(keys, states)
-        self._publish("touch", keys, seq)
+            touched1 = slot.run(L1, lambda _: self.l1.touch_entry(key, l1_expiry), mark=False)
         return bool(touched2) or bool(touched1)
 
     def _incr(self, key: str, delta: int) -> int:
         if self._l2_stores_nothing:
             return self.l1.incr(key, delta)
         keys = [key]
-        seq = next_version()
-        states = self._ordering.begin_write(keys, seq)
-        try:
+        gate = self._gate
+        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
 
             def incr_l2(_: list[str]) -> int:
                 try:
-                    return self._guard.call(self.l2.incr, key, delta)
+                    value: int = gate.call(self.l2.incr, key, delta)
                 except KeyError:
                     # L1 may hold what L2 lost (eviction, Refill.NEVER): seed L2 from it.
                     held = self.l1.get_entry(key)
                     if held is None:
                         raise
-                    self._guard.call(self.l2.add_entry, key, held)
-                    return self._guard.call(self.l2.incr, key, delta)
+                    gate.call(self.l2.add_entry, key, held)
+                    value = gate.call(self.l2.incr, key, delta)
+                gate.landed("set", keys, slot.seq)
+                return value
 
-            value = self._guarded(_L2, keys, states, seq, incr_l2, supersede=False)
+            value = gate.run(slot, incr_l2, None, supersede=False)
             # L1 drops its copy; the next read refills it with L2's exact entry.
-            self._guarded(_L1, keys, states, seq, self.l1.delete_many)
-            self._publish("set", keys, seq)
+            slot.run(L1, self.l1.delete_many)
             return t.cast(int, value)
-        finally:
-            self._ordering.end_leg(keys, states)
-            self._ordering.end_leg(keys, states)
 
     def _clear(self) -> None:
         seq = self._ordering.cleared = next_version()
         errors: dict[str, BaseException] = {}
+        gate = self._gate
         try:
-            self._guard.call(self.l2.clear)
-        except BackendError as exc:
-            if self._guard.fail_open:
+            gate.call(self.l2.clear)
+        except BackendUnavailableError as exc:
+            if gate.fail_open:
                 # A clear is not replayed: it would also remove what was written after it.
-                self._absorb("write", "clear", [], exc)
+                gate.absorb("write", "clear", [], exc)
             else:
                 errors["l2"] = tag_tier(exc, "l2")
         except Exception as exc:
             errors["l2"] = tag_tier(exc, "l2")
+        else:
+            gate.landed("clear", [], seq)
         try:
             self.l1.clear()
         except Exception as exc:
             errors["l1"] = tag_tier(exc, "l1")
-        if not errors:
-            self._publish("clear", [], seq)
         if len(errors) == 2:
             raise BothLayersFailed(errors["l1"], errors["l2"], operation="clear")
         for failure in errors.values():
             raise failure
 
+    # -- loading ----------------------------------------------------------------------
+
+    def get_or_set(
+        self,
+        key: str,
+        loader: t.Callable[[], t.Any],
+        ttl: t.Any = DEFAULT,
+        *,
+        wait_timeout: float | None = None,
+        stale_ttl: float | None = None,
+        lock: t.Any = None,
+    ) -> t.Any:
+        """The value under ``key``; on a miss, ``loader()``'s result, stored and returned.
+
+        See :meth:`.Refresher.get_or_set` for single-flight, ``stale_ttl`` and ``lock``.
+        """
+        return self._refresher.get_or_set(
+            key, loader, ttl, wait_timeout=wait_timeout, stale_ttl=stale_ttl, lock=lock
+        )
+
+    # -- background work and life cycle -----------------------------------------------
+
+    def replay(self) -> int:
+        """Replay now the L2 writes and deletes that failed under fail-open; how many landed.
+
+        They are replayed in the background by themselves as soon as L2 answers again.
+        """
+        return self._gate.replay()
+
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until the offload has finished this cache's background writes."""
-        if self._offload is None:
-            return True
-        return self._offload.drain(timeout)
+        return self.offload.drain(timeout)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no failed write waits for replay and every announcement is sent."""
+        return self._gate.wait_idle(timeout)
 
     def _close(self) -> None:
-        """Finish background writes, then close both layers (and the backplane)."""
+        """Finish background writes, replay and announce (bounded), then close the layers."""
         self.drain()
+        self._gate.close()
         if self.backplane is not None:
             self.backplane.close()
         errors = []
@@ -716,10 +706,6 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
 
     # -- coherence across processes -----------------------------------------------------
 
-    def _publish(self, kind: str, keys: list[str], seq: int) -> None:
-        if self.backplane is not None:
-            self.backplane.publish(kind, keys, seq)
-
     def _on_invalidate(self, kind: str, keys: list[str]) -> None:
         """Another process changed ``keys``: drop this process's L1 copies."""
         self._counters.slot()[_INVALIDATIONS] += 1
@@ -728,14 +714,11 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
             return
         if not keys:
             return
-        seq = next_version()
-        states = self._ordering.begin_write(keys, seq, legs=1)
         try:
-            self._guarded(_L1, keys, states, seq, self.l1.delete_many)
+            with self._ordering.write(keys, next_version(), legs=1) as slot:
+                slot.run(L1, self.l1.delete_many)
         except Exception:
             logger.exception("tiered: evicting invalidated keys from l1 failed")
-        finally:
-            self._ordering.end_leg(keys, states)
 
     def _on_reset(self) -> None:
         """Invalidations may have been missed: nothing in L1 can be trusted any more."""
@@ -753,7 +736,7 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
         figures["l1"] = self.l1.stats()
         figures["l2"] = self.l2.stats()
         figures["in_flight_keys"] = len(self._ordering)
-        figures.update(self._guard.stats())
+        figures.update(self._gate.stats())
         if self._offload is not None:
             figures["offload"] = self._offload.stats()
         if self.backplane is not None:
@@ -773,7 +756,3 @@ class TieredCache(RefreshMixin, FailOpenMixin, Backend):
             f"<TieredCache l1={self.l1!r} l2={self.l2!r} read={self.read!r} "
             f"write={self.write!r} refill={self.refill.name}>"
         )
-
-
-# The base class's entry-level reads count with these indices; the composition keeps them.
-assert tuple(range(6)) == (_HITS, _MISSES, _ERRORS, _CORRUPT, _SETS, _DELETES)

@@ -1,0 +1,668 @@
+"""
+The L2 gate
+===========
+
+Every call a :class:`~tieredcache.TieredCache` makes to its L2 goes through its
+:class:`L2Gate`, which owns what happens around that call under faults:
+
+- the **circuit breaker**: only *availability* failures (timeouts, refused or broken
+  connections: :class:`~tieredcache.errors.BackendUnavailableError`) move it; an answer the
+  server gave about one key (a wrong type, a rejected value) is that key's error, or on a read
+  a miss, and leaves the breaker alone;
+- **one timeout per operation**: once L2 failed for availability within an operation
+  (``get_or_set`` reads, loads and writes), the rest of that operation does not call it again;
+  a leg that waits for an earlier write of the same key waits at most the tier's call timeout;
+- **fail-open**: L2 availability failures become misses (reads) and L1-only writes, logged
+  (rate-limited) and counted; the writes, deletes and touches that failed are queued, one per
+  key with the newest winning;
+- **replay**: a read of a key with a queued write answers from the queue, never from L2's older
+  value; the queue is replayed in the background as soon as L2 answers again (a worker retries
+  with backoff, so a process that only hits L1 replays too), and a replayed delete also evicts
+  L1;
+- **announcements**: a key is announced on the backplane only after its L2 write has landed
+  (race losers and replays included). Announcements are queued, newest per key winning, and
+  sent by the gate's worker, so a publish never holds a write; failed ones are sent again when
+  Redis answers.
+
+The worker is a non-daemon thread that runs only while there is work; it is stopped by
+:meth:`L2Gate.close` and at interpreter exit (after one last bounded flush), and forgotten in a
+forked child, which drops the parent's queues (the parent replays and announces them).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+import typing as t
+
+from tieredcache import lifecycle
+from tieredcache.breaker import CircuitBreaker
+from tieredcache.breaker import CircuitOpenError
+from tieredcache.entry import Entry
+from tieredcache.errors import BackendError
+from tieredcache.errors import BackendResponseError
+from tieredcache.errors import BackendUnavailableError
+from tieredcache.policies.base import tag_tier
+from tieredcache.ratelog import RateLimitedLog
+from tieredcache.stats import TIERED_INDEX
+from tieredcache.stats import Counters
+from tieredcache.tiered.ordering import L1
+from tieredcache.tiered.ordering import L2
+from tieredcache.tiered.ordering import KeyBusyError
+from tieredcache.tiered.ordering import Leg
+from tieredcache.tiered.ordering import Ordering
+from tieredcache.tiered.ordering import WriteSlot
+
+if t.TYPE_CHECKING:
+    from tieredcache.backends.base import Backend
+    from tieredcache.backplane import Backplane
+
+__all__ = [
+    "L2Gate",
+    "PartialFailureHook",
+    "ReplayFactory",
+    "ReplayItem",
+    "call_timeout",
+    "delete_replay",
+    "set_replay",
+    "touch_replay",
+]
+
+logger = logging.getLogger("tieredcache")
+
+T = t.TypeVar("T")
+
+PartialFailureHook = t.Callable[[str, t.Sequence[str], BaseException], None]
+
+#: The first and the longest pause of the worker between two attempts to reach L2.
+RETRY_BACKOFF = (0.05, 1.0)
+#: The most keys one announcement carries.
+ANNOUNCE_BATCH = 500
+#: Seconds close() and interpreter exit spend on a last replay and announcement.
+FLUSH_TIMEOUT = 2.0
+
+
+class ReplayItem(t.NamedTuple):
+    """An L2 write that failed under fail-open and waits to be replayed."""
+
+    op: str  # "set", "delete" or "touch"
+    seq: int  # the ordering sequence number of the failed write
+    entry: Entry | None  # for "set"
+    expires_at: float | None  # for "touch"
+
+
+def call_timeout(backend: Backend) -> float | None:
+    """The longest a single call to ``backend`` waits for an answer (``None``: unbounded)."""
+    seconds = getattr(backend, "call_timeout", None)
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0:
+        return float(seconds)
+    return None
+
+
+class L2Gate:
+    """The one way a composition reaches its L2 (see the module docstring). Thread-safe.
+
+    :param l2: the far layer.
+    :param l1: the near layer (a replayed delete also evicts it).
+    :param ordering: the composition's per-key ordering.
+    :param counters: the composition's counters.
+    :param breaker: the tier's circuit breaker, or ``None``.
+    :param fail_open: absorb L2 availability failures.
+    :param replay_limit: the most keys waiting for replay; past it the oldest are dropped.
+    :param backplane: announces the keys whose L2 write landed, or ``None``.
+    :param on_partial_failure: ``hook(tier, keys, exc)`` for a write that returned normally
+        although L2 failed.
+    """
+
+    def __init__(
+        self,
+        l2: Backend,
+        l1: Backend,
+        ordering: Ordering,
+        counters: Counters,
+        *,
+        breaker: CircuitBreaker | None,
+        fail_open: bool,
+        replay_limit: int = 10_000,
+        backplane: Backplane | None = None,
+        on_partial_failure: PartialFailureHook | None = None,
+    ) -> None:
+        self.l2 = l2
+        self.l1 = l1
+        self.ordering = ordering
+        self.counters = counters
+        self.breaker = breaker
+        self.fail_open = fail_open
+        self.replay_limit = replay_limit
+        self.backplane = backplane
+        self.on_partial_failure = on_partial_failure
+        self.timeout = call_timeout(l2)
+        self.log = RateLimitedLog(logger)
+        self.replayed = 0
+        self.replay_dropped = 0
+        self.replay_superseded = 0
+        self.announce_errors = 0
+        self._last_failure = 0.0  # monotonic time of the last availability failure
+        self._init_process_state()
+        if breaker is not None:
+            breaker.on_close(self.wake)
+        lifecycle.track(
+            self, lifecycle.Stage.CACHES, after_fork="_init_process_state", at_exit="close"
+        )
+
+    def _init_process_state(self) -> None:
+        # Also the after-fork hook: the parent replays and announces what it queued, and
+        # its worker thread does not exist here.
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._local = threading.local()
+        self._queue: collections.OrderedDict[str, ReplayItem] = collections.OrderedDict()
+        self._announce: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
+        self._announce_clear: int | None = None
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # -- calls --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def operation(self) -> t.Iterator[None]:
+        """Group the L2 calls of one caller's operation: after an availability failure, the
+        rest of the operation fails fast instead of waiting for another timeout."""
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        local.depth = depth + 1
+        if depth == 0:
+            local.failed = None
+            local.started = time.monotonic()
+        try:
+            yield
+        finally:
+            local.depth = depth
+            if depth == 0:
+                local.failed = None
+
+    def call(self, fn: t.Callable[..., T], *args: t.Any) -> T:
+        """Call ``fn(*args)`` on L2 through the breaker (see the module docstring)."""
+        local = self._local
+        failed = getattr(local, "failed", None)
+        if failed is not None:
+            raise BackendUnavailableError(
+                f"l2 already failed during this operation: {failed}", backend="l2"
+            )
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            raise CircuitOpenError("the circuit breaker of this tier is open", backend="l2")
+        try:
+            result = fn(*args)
+        except BackendUnavailableError as exc:
+            self._last_failure = time.monotonic()
+            if breaker is not None:
+                breaker.record_failure()
+            if getattr(local, "depth", 0):
+                local.failed = exc
+            raise
+        except BaseException:
+            # The tier answered (a wrong type, a bad value, KeyError from incr...).
+            if breaker is not None:
+                breaker.record_success()
+            raise
+        if breaker is not None:
+            breaker.record_success()
+        return result
+
+    def lock_timeout(self) -> float | None:
+        """How long a leg may wait for an earlier write of the same key."""
+        if self.timeout is None:
+            return None
+        started: float | None = getattr(self._local, "started", None)
+        if started is None or not getattr(self._local, "depth", 0):
+            return self.timeout
+        return max(0.0, started + self.timeout - time.monotonic())
+
+    def _failed_while_waiting(self) -> bool:
+        """True if L2 failed for availability after the calling operation began (it waited
+        for a key held by a write that then timed out: no point in a second timeout)."""
+        if not getattr(self._local, "depth", 0):
+            return False
+        started: float | None = getattr(self._local, "started", None)
+        return started is not None and self._last_failure > started
+
+    def absorb(self, kind: str, operation: str, keys: t.Sequence[str], exc: BaseException) -> None:
+        """Count and report an L2 failure turned into a miss or an L1-only write."""
+        tag_tier(exc, "l2")
+        self.counters.slot()[TIERED_INDEX[f"l2_{kind}_errors"]] += 1
+        self.log.warning(
+            f"l2-{kind}", "tiered: l2 %s failed; serving from l1 (fail-open): %r", operation, exc
+        )
+        if kind == "write":
+            self.report_partial(keys, exc)
+
+    def report_partial(self, keys: t.Sequence[str], exc: BaseException) -> None:
+        hook = self.on_partial_failure
+        if hook is not None:
+            try:
+                hook("l2", list(keys), exc)
+            except Exception:
+                logger.exception("tiered: on_partial_failure hook raised")
+
+    # -- reads --------------------------------------------------------------------------
+
+    def read(self, keys: list[str]) -> dict[str, Entry]:
+        """L2's unexpired entries of ``keys``; keys with a queued write are answered by it."""
+        found: dict[str, Entry] = {}
+        wanted = keys
+        touched: dict[str, float | None] = {}
+        if self._queue:
+            wanted = []
+            for key in keys:
+                item = self._queue.get(key)
+                if item is None:
+                    wanted.append(key)
+                elif item.op == "set":
+                    entry = item.entry
+                    assert entry is not None
+                    if entry.expires_at is None or entry.expires_at > self.l2.timer():
+                        found[key] = entry
+                elif item.op == "touch":
+                    touched[key] = item.expires_at
+                    wanted.append(key)
+        if wanted:
+            try:
+                found.update(self.call(self.l2.get_entries, wanted))
+            except BackendUnavailableError as exc:
+                if not self.fail_open:
+                    raise
+                self.absorb("read", "read", wanted, exc)
+            except BackendResponseError as exc:
+                # The server's answer about these keys, not an outage: a miss.
+                self.absorb("read", "read", wanted, exc)
+            else:
+                if self._queue:
+                    self.wake()  # L2 answers: replay now
+        for key, expires_at in touched.items():
+            entry = found.get(key)
+            if entry is not None:
+                found[key] = entry.replace(expires_at=expires_at)
+        return found
+
+    def pending(self, key: str) -> bool:
+        """True if a failed write of ``key`` waits for replay (L2 holds an older value)."""
+        return key in self._queue
+
+    # -- writes: each runs as the L2 leg of an ordered write ---------------------------
+
+    def leg(
+        self, slot: WriteSlot, op: t.Callable[[list[str]], object], replay: ReplayFactory | None
+    ) -> Leg:
+        """The L2 leg of ``slot`` for a policy to run (see :meth:`run`)."""
+        return slot.custom_leg(lambda: self.guarded(slot, op, replay))
+
+    def run(
+        self,
+        slot: WriteSlot,
+        op: t.Callable[[list[str]], object],
+        replay: ReplayFactory | None,
+        *,
+        mark: bool = True,
+        supersede: bool = True,
+    ) -> object:
+        """Run the L2 leg of ``slot`` now, on this thread (and end it)."""
+        try:
+            return self.guarded(slot, op, replay, mark=mark, supersede=supersede)
+        finally:
+            slot.end_leg()
+
+    def guarded(
+        self,
+        slot: WriteSlot,
+        op: t.Callable[[list[str]], object],
+        replay: ReplayFactory | None,
+        *,
+        mark: bool = True,
+        supersede: bool = True,
+    ) -> object:
+        """Run ``op`` under the keys' L2 locks, waiting at most the tier's timeout for them.
+
+        A leg that could not get the locks in time is an availability failure: raised, or
+        under fail-open queued for replay (``replay`` builds the items; ``None``: raise).
+        """
+        try:
+            return slot.guarded(L2, op, mark=mark, supersede=supersede, timeout=self.lock_timeout())
+        except KeyBusyError as exc:
+            self._unavailable(slot.keys, slot.seq, exc, replay)
+            return None
+
+    def _unavailable(
+        self,
+        keys: t.Sequence[str],
+        seq: int,
+        exc: BackendUnavailableError,
+        replay: ReplayFactory | None,
+    ) -> None:
+        if not self.fail_open or replay is None:
+            raise exc
+        queued = [(key, replay(key, seq)) for key in keys]
+        self.absorb("write", queued[0][1].op if queued else "write", keys, exc)
+        for key, item in queued:
+            self.enqueue(key, item)
+
+    def set_op(self, items: t.Mapping[str, Entry], seq: int) -> t.Callable[[list[str]], object]:
+        """The L2 part of a set of ``items`` at ``seq``."""
+
+        def op(live: list[str]) -> None:
+            chosen = {k: items[k] for k in live}
+            try:
+                if self._failed_while_waiting():
+                    raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
+                self.call(self.l2.set_entries, chosen)
+            except BackendUnavailableError as exc:
+                self._unavailable(live, seq, exc, set_replay(items))
+                return
+            self.landed("set", live, seq)
+
+        return op
+
+    def delete_op(self, seq: int) -> t.Callable[[list[str]], list[str]]:
+        """The L2 part of a delete at ``seq``; returns the keys L2 held."""
+
+        def op(live: list[str]) -> list[str]:
+            try:
+                if self._failed_while_waiting():
+                    raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
+                deleted: list[str] = self.call(self.l2.delete_each, live)
+            except BackendUnavailableError as exc:
+                self._unavailable(live, seq, exc, delete_replay)
+                return []
+            self.landed("delete", live, seq)
+            return deleted
+
+        return op
+
+    def touch_op(
+        self, key: str, expires_at: float | None, seq: int
+    ) -> t.Callable[[list[str]], bool]:
+        """The L2 part of a touch at ``seq``."""
+
+        def op(_: list[str]) -> bool:
+            try:
+                touched: bool = self.call(self.l2.touch_entry, key, expires_at)
+            except BackendUnavailableError as exc:
+                self._unavailable([key], seq, exc, touch_replay(expires_at))
+                return False
+            self.landed("touch", [key], seq)
+            return touched
+
+        return op
+
+    def landed(self, kind: str, keys: t.Sequence[str], seq: int) -> None:
+        """Writes of ``keys`` at ``seq`` reached L2: supersede older queued ones, announce."""
+        if self._queue:
+            with self._lock:
+                for key in keys:
+                    item = self._queue.get(key)
+                    if item is not None and item.seq <= seq:
+                        del self._queue[key]
+                        self.replay_superseded += 1
+            self.wake()
+        self.announce(kind, keys, seq)
+
+    # -- the replay queue ---------------------------------------------------------------
+
+    def enqueue(self, key: str, item: ReplayItem) -> None:
+        """Remember a failed write of ``key``; a newer one replaces an older one."""
+        dropped: list[str] = []
+        with self._lock:
+            current = self._queue.get(key)
+            if current is not None and current.seq > item.seq:
+                return
+            self._queue[key] = item
+            self._queue.move_to_end(key)
+            while len(self._queue) > self.replay_limit:
+                dropped.append(self._queue.popitem(last=False)[0])
+            self.replay_dropped += len(dropped)
+            self._start_worker_locked()
+        if dropped:
+            self.log.warning(
+                "replay-dropped",
+                "tiered: replay queue full (%d); dropped the oldest failed writes, e.g. %r",
+                self.replay_limit,
+                dropped[0],
+            )
+
+    def replay(self) -> int:
+        """Replay the queued writes now; how many landed. Stops at the first outage."""
+        landed = 0
+        with self._lock:
+            items = list(self._queue.items())
+        for key, item in items:
+            with self.ordering.write([key], item.seq) as slot:
+                with self._lock:
+                    current = self._queue.get(key)
+                    if current is None or current.seq != item.seq:
+                        continue  # superseded meanwhile by a newer write of the key
+                    del self._queue[key]
+                try:
+                    ran = slot.run(
+                        L2,
+                        _replay_op(self, key, item),
+                        mark=item.op != "touch",
+                        timeout=self.timeout,
+                    )
+                except BackendUnavailableError:
+                    self.enqueue(key, item)
+                    return landed
+                except BackendError as exc:
+                    # The server refused this key's write: replaying it again cannot help.
+                    self.log.warning(
+                        "replay-refused",
+                        "tiered: replaying a %s of %r failed: %r",
+                        item.op,
+                        key,
+                        exc,
+                    )
+                    continue
+                if ran is None:
+                    # A newer write of the key reached L2, or is queued, meanwhile.
+                    with self._lock:
+                        self.replay_superseded += 1
+                    continue
+                if item.op == "delete":
+                    # L1 may have been refilled from L2's old value before the delete landed.
+                    slot.run(L1, self.l1.delete_many)
+                landed += 1
+                with self._lock:
+                    self.replayed += 1
+                self.announce(item.op, [key], item.seq)
+        return landed
+
+    # -- announcements ------------------------------------------------------------------
+
+    def announce(self, kind: str, keys: t.Sequence[str], seq: int) -> None:
+        """Queue an announcement of ``keys`` (their L2 write has landed)."""
+        if self.backplane is None:
+            return
+        with self._lock:
+            if kind == "clear":
+                self._announce.clear()
+                self._announce_clear = seq
+            else:
+                for key in keys:
+                    self._announce[key] = (kind, seq)
+                    self._announce.move_to_end(key)
+            self._start_worker_locked()
+
+    def _send_announcements(self) -> bool:
+        """Send what is queued; False if the backplane failed (the rest stays queued)."""
+        backplane = self.backplane
+        if backplane is None:
+            return True
+        with self._lock:
+            clear, self._announce_clear = self._announce_clear, None
+            batch = list(self._announce.items())
+            self._announce.clear()
+        groups: dict[str, tuple[list[str], int]] = {}
+        for key, (kind, seq) in batch:
+            keys, newest = groups.get(kind, ([], 0))
+            keys.append(key)
+            groups[kind] = (keys, max(newest, seq))
+        messages: list[tuple[str, list[str], int]] = []
+        if clear is not None:
+            messages.append(("clear", [], clear))
+        for kind, (keys, seq) in groups.items():
+            for start in range(0, len(keys), ANNOUNCE_BATCH):
+                messages.append((kind, keys[start : start + ANNOUNCE_BATCH], seq))
+        for index, (kind, keys, seq) in enumerate(messages):
+            if backplane.publish(kind, keys, seq) is False:
+                self._requeue(messages[index:])
+                return False
+        return True
+
+    def _requeue(self, messages: list[tuple[str, list[str], int]]) -> None:
+        with self._lock:
+            self.announce_errors += 1
+            newer = self._announce
+            self._announce = collections.OrderedDict()
+            for kind, keys, seq in messages:
+                if kind == "clear":
+                    if self._announce_clear is None:
+                        self._announce_clear = seq
+                    continue
+                for key in keys:
+                    self._announce[key] = (kind, seq)
+            for key, value in newer.items():  # announcements queued meanwhile are newer
+                self._announce[key] = value
+                self._announce.move_to_end(key)
+
+    # -- the worker ---------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask the worker to try L2 now (the tier answers again)."""
+        with self._lock:
+            if self._queue or self._announce or self._announce_clear is not None:
+                self._start_worker_locked()
+                self._wakeup.notify_all()
+
+    def _start_worker_locked(self) -> None:
+        self._idle.clear()
+        if self._worker is not None or self._closed:
+            if self._closed:
+                self._idle.set()
+            return
+        worker = threading.Thread(target=self._work, name="tieredcache-l2gate", daemon=False)
+        self._worker = worker
+        worker.start()
+
+    def _work(self) -> None:
+        first, most = RETRY_BACKOFF
+        delay = 0.0
+        while True:
+            with self._lock:
+                if delay:
+                    self._wakeup.wait(delay)
+                if self._closed or not (
+                    self._queue or self._announce or self._announce_clear is not None
+                ):
+                    self._worker = None
+                    self._idle.set()
+                    return
+            try:
+                sent = self._send_announcements()
+                replayed_all = True
+                if self._queue:
+                    self.replay()
+                    replayed_all = not self._queue
+            except Exception:  # never let the worker die with work queued
+                logger.exception("tiered: the l2 gate's worker failed")
+                sent = replayed_all = False
+            delay = 0.0 if sent and replayed_all else min(most, max(first, delay * 2))
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued for replay or announcement; False on timeout."""
+        return self._idle.wait(timeout)
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+        """One last bounded attempt to replay and announce what is queued (close, exit)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._wakeup.notify_all()
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            # Let the running worker finish its attempt, then take over.
+            self._idle.wait(max(0.0, deadline - time.monotonic()))
+        if self._queue and time.monotonic() < deadline:
+            self.replay()
+        if (self._announce or self._announce_clear is not None) and time.monotonic() < deadline:
+            self._send_announcements()
+        return not (self._queue or self._announce or self._announce_clear is not None)
+
+    def close(self) -> None:
+        """Flush (bounded), then stop the worker; what is still queued is logged as lost."""
+        self.flush()
+        with self._lock:
+            self._closed = True
+            self._wakeup.notify_all()
+            worker = self._worker
+            lost = len(self._queue)
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(FLUSH_TIMEOUT)
+        if lost:
+            logger.warning(
+                "tiered: closing with %d failed l2 write(s) not replayed (l2 unreachable)", lost
+            )
+
+    # -- introspection ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def stats(self) -> dict[str, t.Any]:
+        figures: dict[str, t.Any] = {
+            "fail_open": self.fail_open,
+            "replay_pending": len(self._queue),
+            "replayed": self.replayed,
+            "replay_dropped": self.replay_dropped,
+            "replay_superseded": self.replay_superseded,
+            "announce_pending": len(self._announce),
+            "announce_errors": self.announce_errors,
+        }
+        if self.breaker is not None:
+            figures["breaker"] = self.breaker.stats()
+        return figures
+
+
+ReplayFactory = t.Callable[[str, int], ReplayItem]
+"""Builds the replay item of a key whose L2 write at ``seq`` failed."""
+
+
+def delete_replay(key: str, seq: int) -> ReplayItem:
+    """The replay factory of a delete."""
+    return ReplayItem("delete", seq, None, None)
+
+
+def set_replay(items: t.Mapping[str, Entry]) -> ReplayFactory:
+    """The replay factory of a set of ``items``."""
+    return lambda key, seq: ReplayItem("set", seq, items[key], None)
+
+
+def touch_replay(expires_at: float | None) -> ReplayFactory:
+    """The replay factory of a touch to ``expires_at``."""
+    return lambda key, seq: ReplayItem("touch", seq, None, expires_at)
+
+
+def _replay_op(gate: L2Gate, key: str, item: ReplayItem) -> t.Callable[[list[str]], object]:
+    def op(_: list[str]) -> bool:
+        if item.op == "set":
+            assert item.entry is not None
+            gate.call(gate.l2.set_entry, key, item.entry)
+        elif item.op == "delete":
+            gate.call(gate.l2.delete, key)
+        else:
+            gate.call(gate.l2.touch_entry, key, item.expires_at)
+        return True
+
+    return op
