@@ -12,6 +12,9 @@ import urllib.parse
 
 import pytest
 
+from tieredcache.testing.install import cannot_install_reason
+from tieredcache.testing.install import ensure_installed
+from tieredcache.testing.install import missing_binaries
 from tieredcache.testing.servers import ManagedServer
 from tieredcache.testing.servers import MemcachedServer
 from tieredcache.testing.servers import RedisServer
@@ -37,25 +40,93 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running test (stateful runs, timing, stress)")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixturenames = set(getattr(item, "fixturenames", ()))
         for marker, fixtures in MARKER_FIXTURES.items():
             if fixturenames & fixtures:
                 item.add_marker(marker)
+    _provide_servers(config, items)
 
 
 # == servers ==================================================================================
 #
 # By default the session starts its own redis-server and memcached on free loopback ports and
-# stops them by PID at the end. A missing binary fails the tests that need it, naming the
-# package to install. TIEREDCACHE_REDIS_URL / TIEREDCACHE_MEMCACHED_SERVERS point the suite at
-# external servers instead; tests that must pause or kill a server then call
-# ``requires_own_server(server)``, which skips them, or use the ``fresh_*`` fixtures, which
-# still start a local server when the binary is there.
+# stops them by PID at the end. When a selected test needs a binary that is not installed, the
+# session installs it first (tieredcache.testing.install: root and apt-get, once, under a file
+# lock). Where it cannot (not root, no apt-get, TIEREDCACHE_NO_INSTALL=1, apt-get failed) it
+# prints one line saying so and skips the tests marked ``redis`` / ``memcached`` with one
+# reason, or stops the session when TIEREDCACHE_REQUIRE_SERVERS=1 (CI sets it).
+# TIEREDCACHE_REDIS_URL / TIEREDCACHE_MEMCACHED_SERVERS point the suite at external servers
+# instead; tests that must pause or kill a server then call ``requires_own_server(server)``,
+# which skips them, or use the ``fresh_*`` fixtures, which still start a local server when the
+# binary is there.
 
 REDIS_URL_ENV = "TIEREDCACHE_REDIS_URL"
 MEMCACHED_SERVERS_ENV = "TIEREDCACHE_MEMCACHED_SERVERS"
+REQUIRE_SERVERS_ENV = "TIEREDCACHE_REQUIRE_SERVERS"
+
+#: marker -> (binary the tests with that marker need, env var naming an external server)
+SERVER_MARKERS: dict[str, tuple[str, str]] = {
+    "redis": ("redis-server", REDIS_URL_ENV),
+    "memcached": ("memcached", MEMCACHED_SERVERS_ENV),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MissingServers:
+    """The markers whose tests this session skips, and the one reason it gives."""
+
+    markers: frozenset[str]
+    reason: str
+
+
+MISSING_SERVERS = pytest.StashKey[MissingServers]()
+
+
+def _provide_servers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Install the binaries the selected tests need, or record why their tests are skipped."""
+    needed = {
+        marker: binary
+        for marker, (binary, env_var) in SERVER_MARKERS.items()
+        if not os.environ.get(env_var) and any(item.get_closest_marker(marker) for item in items)
+    }
+    if not missing_binaries(needed.values()):
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(line)
+
+    if not cannot_install_reason():
+        say(f"installing {' and '.join(missing_binaries(needed.values()))} with apt-get ...")
+    result = ensure_installed(needed.values())
+    if not result.missing:
+        return
+    markers = frozenset(m for m, binary in needed.items() if binary in result.missing)
+    count = sum(1 for item in items if any(item.get_closest_marker(m) for m in markers))
+    what = " and ".join(result.missing)
+    if os.environ.get(REQUIRE_SERVERS_ENV, "").strip() not in ("", "0"):
+        raise pytest.UsageError(
+            f"{what} not installed ({result.reason}) and {REQUIRE_SERVERS_ENV} is set"
+        )
+    say(f"{what} not installed ({result.reason}): skipping the {count} tests that need them")
+    config.stash[MISSING_SERVERS] = MissingServers(
+        markers, f"needs {what}, not installed ({result.reason})"
+    )
+
+
+def _skip_missing(missing: MissingServers) -> t.NoReturn:
+    # One place, so that the summary groups every such skip on one line.
+    pytest.skip(missing.reason)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    missing = item.config.stash.get(MISSING_SERVERS, None)
+    if missing is not None and any(item.get_closest_marker(m) for m in missing.markers):
+        _skip_missing(missing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,14 +167,21 @@ AnyMemcached = t.Union[MemcachedServer, ExternalMemcached]
 _ServerT = t.TypeVar("_ServerT", bound=ManagedServer)
 
 
-def _start_or_fail(server: _ServerT, env_var: str) -> _ServerT:
+def _start_or_fail(server: _ServerT, env_var: str, config: pytest.Config) -> _ServerT:
     try:
         server.start()
     except ServerNotInstalledError as exc:
-        if os.environ.get(env_var):
-            pytest.skip(f"{exc}; this test needs a local server it can pause or kill")
-        pytest.fail(str(exc), pytrace=False)
-    return server
+        message = str(exc)
+    else:
+        return server
+    # Outside the except block, so that the report does not repeat the message as the
+    # exception "during handling of which" another occurred.
+    missing = config.stash.get(MISSING_SERVERS, None)
+    if missing is not None and server.binary in message:
+        _skip_missing(missing)  # a test that lacks its marker: skipped all the same
+    if os.environ.get(env_var):
+        pytest.skip(f"{message}; this test needs a local server it can pause or kill")
+    pytest.fail(message, pytrace=False)
 
 
 def _requires_own_server(server: object) -> ManagedServer:
@@ -123,13 +201,13 @@ def requires_own_server() -> t.Callable[[object], ManagedServer]:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> t.Iterator[AnyRedis]:
+def redis_server(pytestconfig: pytest.Config) -> t.Iterator[AnyRedis]:
     """The session's Redis: a :class:`RedisServer`, or :class:`ExternalRedis` from the env."""
     url = os.environ.get(REDIS_URL_ENV)
     if url:
         yield ExternalRedis.from_url(url)
         return
-    server = _start_or_fail(RedisServer(), REDIS_URL_ENV)
+    server = _start_or_fail(RedisServer(), REDIS_URL_ENV, pytestconfig)
     try:
         yield server
     finally:
@@ -137,13 +215,13 @@ def redis_server() -> t.Iterator[AnyRedis]:
 
 
 @pytest.fixture(scope="session")
-def memcached_server() -> t.Iterator[AnyMemcached]:
+def memcached_server(pytestconfig: pytest.Config) -> t.Iterator[AnyMemcached]:
     """The session's memcached: a :class:`MemcachedServer`, or :class:`ExternalMemcached`."""
     spec = os.environ.get(MEMCACHED_SERVERS_ENV)
     if spec:
         yield ExternalMemcached.from_spec(spec)
         return
-    server = _start_or_fail(MemcachedServer(), MEMCACHED_SERVERS_ENV)
+    server = _start_or_fail(MemcachedServer(), MEMCACHED_SERVERS_ENV, pytestconfig)
     try:
         yield server
     finally:
@@ -176,9 +254,9 @@ def memcached_servers(memcached_server: AnyMemcached) -> list[tuple[str, int]]:
 
 
 @pytest.fixture
-def fresh_redis_server() -> t.Iterator[RedisServer]:
+def fresh_redis_server(pytestconfig: pytest.Config) -> t.Iterator[RedisServer]:
     """A Redis of the test's own, for tests that pause, kill or restart it; stopped after."""
-    server = _start_or_fail(RedisServer(), REDIS_URL_ENV)
+    server = _start_or_fail(RedisServer(), REDIS_URL_ENV, pytestconfig)
     try:
         yield server
     finally:
@@ -186,9 +264,9 @@ def fresh_redis_server() -> t.Iterator[RedisServer]:
 
 
 @pytest.fixture
-def fresh_memcached_server() -> t.Iterator[MemcachedServer]:
+def fresh_memcached_server(pytestconfig: pytest.Config) -> t.Iterator[MemcachedServer]:
     """A memcached of the test's own, for tests that pause, kill or restart it; stopped after."""
-    server = _start_or_fail(MemcachedServer(), MEMCACHED_SERVERS_ENV)
+    server = _start_or_fail(MemcachedServer(), MEMCACHED_SERVERS_ENV, pytestconfig)
     try:
         yield server
     finally:

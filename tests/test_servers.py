@@ -176,6 +176,7 @@ def test_redis_stop_works_during_client_pause(fresh_redis_server: RedisServer) -
     assert not pid_alive(pid)
 
 
+@pytest.mark.redis
 def test_redis_as_context_manager() -> None:
     with RedisServer() as server:
         pid = server.pid
@@ -188,6 +189,7 @@ def test_redis_start_twice_is_an_error(fresh_redis_server: RedisServer) -> None:
         fresh_redis_server.start()
 
 
+@pytest.mark.redis
 def test_redis_bad_option_fails_with_the_log() -> None:
     server = RedisServer(extra_args=("--no-such-option", "1"))
     with pytest.raises(ServerStartError, match="no-such-option") as excinfo:
@@ -196,6 +198,7 @@ def test_redis_bad_option_fails_with_the_log() -> None:
     assert not server.is_running() and server.workdir is None
 
 
+@pytest.mark.redis
 def test_redis_taken_port_fails_with_the_log() -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -246,6 +249,7 @@ def test_memcached_kill_then_start_reuses_the_port(
     assert memcached_version(server).startswith(b"VERSION ")
 
 
+@pytest.mark.memcached
 def test_memcached_max_item_size() -> None:
     with MemcachedServer(max_item_size="2m") as server:
         settings = request(server.address, b"stats settings\r\n")
@@ -273,6 +277,8 @@ def test_missing_binary_names_the_package(
 # -- clean-up at exit ------------------------------------------------------------------------
 
 
+@pytest.mark.redis
+@pytest.mark.memcached
 def test_servers_left_running_are_stopped_at_exit() -> None:
     script = textwrap.dedent(
         """

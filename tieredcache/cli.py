@@ -3,7 +3,9 @@
 
 ``demo`` builds a two-tier cache (memory in front of the embedded SQLite store, or of the
 store named by ``--l2``), runs the main operations through it and prints what each tier
-did, so a new user sees the library work in a few seconds.
+did, so a new user sees the library work in a few seconds. It needs no server by default.
+Pointed at a shared store, it writes only keys under a namespace of its own, new on every
+run, and deletes exactly those keys at the end: it never clears or flushes the store.
 
 ``bench`` measures tieredcache against its peers in one run and prints the table of
 ratios (see :mod:`tieredcache.bench`).
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 import typing as t
+import uuid
 
 from tieredcache.backends.base import Backend
 from tieredcache.backends.memory import MemoryBackend
@@ -24,7 +27,10 @@ from tieredcache.errors import TieredCacheError
 from tieredcache.policies.write import RaceWrite
 from tieredcache.tiered import TieredCache
 
-__all__ = ["main"]
+__all__ = ["DESCRIPTION", "main"]
+
+#: The first line of ``tieredcache --help``: plain text, unlike the module docstring.
+DESCRIPTION = "tieredcache: a multi-level cache for Python. Try it with 'tieredcache demo'."
 
 
 def _l2_from(location: str | None, tmpdir: str) -> Backend:
@@ -64,39 +70,55 @@ def demo(location: str | None, out: t.TextIO) -> int:
             print(f"cannot configure the L2 store: {exc}", file=out)
             return 2
         cache = TieredCache(MemoryBackend(maxsize=1000), l2, l1_ttl=60)
+        # Keys of this run only, so that a shared store keeps everything else it holds.
+        namespace = f"demo-{uuid.uuid4().hex[:12]}:"
+        written: list[str] = []
         try:
-            return _run(cache, l2, out)
+            return _run(cache, l2, out, namespace, written)
         except TieredCacheError as exc:
             print(f"\nthe demo failed: {type(exc).__name__}: {exc}", file=out)
             return 1
         finally:
-            cache.close()
+            try:
+                cache.delete_many(written)
+            except TieredCacheError as exc:
+                print(f"could not delete the demo's keys under {namespace!r}: {exc}", file=out)
+            finally:
+                cache.close()
 
 
-def _run(cache: TieredCache, l2: Backend, out: t.TextIO) -> int:
+def _run(cache: TieredCache, l2: Backend, out: t.TextIO, namespace: str, written: list[str]) -> int:
     def say(line: str = "") -> None:
         print(line, file=out)
 
+    def key(name: str) -> str:
+        full = namespace + name
+        written.append(full)
+        return full
+
     say(f"tieredcache demo: L1 = {cache.l1!r}")
     say(f"                  L2 = {l2!r}")
+    say(f"                  keys under {namespace!r}, deleted at the end")
     say()
-    cache.clear()
-    _, us = _timed(lambda: cache.set("user:1", {"name": "Ada", "langs": ["en", "fr"]}, ttl=300))
+    user = key("user:1")
+    _, us = _timed(lambda: cache.set(user, {"name": "Ada", "langs": ["en", "fr"]}, ttl=300))
     say(f"set user:1 (both tiers)                  {us:9.1f} us")
-    value, us = _timed(lambda: cache.get("user:1"))
+    value, us = _timed(lambda: cache.get(user))
     say(f"get user:1                               {us:9.1f} us  (L1 hit) -> {value!r}")
-    cache.l1.clear()
-    value, us = _timed(lambda: cache.get("user:1"))
+    cache.l1.clear()  # the demo's own in-process L1
+    value, us = _timed(lambda: cache.get(user))
     say(f"get after L1 is emptied                  {us:9.1f} us  (L2 hit, refills L1)")
-    _, us = _timed(lambda: cache.get("user:1"))
+    _, us = _timed(lambda: cache.get(user))
     say(f"get again                                {us:9.1f} us  (L1 hit)")
-    cache.set_many({f"item:{i}": i * i for i in range(100)}, ttl=300)
-    many, us = _timed(lambda: cache.get_many([f"item:{i}" for i in range(100)]))
+    items = [key(f"item:{i}") for i in range(100)]
+    cache.set_many({item: i * i for i, item in enumerate(items)}, ttl=300)
+    many, us = _timed(lambda: cache.get_many(items))
     say(f"get_many of 100 keys                     {us:9.1f} us  ({len(many)} found)")
-    cache.set("hits", 0, ttl=None)
+    hits = key("hits")
+    cache.set(hits, 0, ttl=300)
     for _ in range(5):
-        cache.incr("hits")
-    say(f"incr x5 -> {cache.get('hits')}")
+        cache.incr(hits)
+    say(f"incr x5 -> {cache.get(hits)}")
     calls: list[str] = []
 
     def build_report(text: str) -> t.Callable[[], str]:
@@ -106,32 +128,40 @@ def _run(cache: TieredCache, l2: Backend, out: t.TextIO) -> int:
 
         return load
 
-    loaded = cache.get_or_set("report", build_report("computed once"), ttl=60)
-    cache.get_or_set("report", build_report("computed twice"), ttl=60)
+    report = key("report")
+    loaded = cache.get_or_set(report, build_report("computed once"), ttl=60)
+    cache.get_or_set(report, build_report("computed twice"), ttl=60)
     say(f"get_or_set twice -> {loaded!r}, loader ran {len(calls)} time(s)")
-    say(f"delete user:1 -> {cache.delete('user:1')}; get -> {cache.get('user:1')!r}")
-    racing = TieredCache(cache.l1, l2, write=RaceWrite())
-    racing.set("race", "warm-up: starts the worker threads", ttl=60)
-    _, us = _timed(lambda: racing.set("race", "returns at the first success", ttl=60))
+    say(f"delete user:1 -> {cache.delete(user)}; get -> {cache.get(user)!r}")
+    race = key("race")
+    racing = TieredCache(cache.l1, l2, write=RaceWrite())  # the same layers: cache closes them
+    racing.set(race, "warm-up: starts the worker threads", ttl=60)
+    _, us = _timed(lambda: racing.set(race, "returns at the first success", ttl=60))
     racing.drain(10)
     say(f"RaceWrite set                            {us:9.1f} us  (L2 completes in the background)")
-    say(f"after drain(), L2 holds the raced value: {l2.get('race') is not None}")
+    say(f"after drain(), L2 holds the raced value: {l2.get(race) is not None}")
     figures = cache.stats()
     say()
     say(
         f"stats: hits={figures['hits']} misses={figures['misses']} l1_hits={figures['l1_hits']} "
         f"l2_hits={figures['l2_hits']} refills={figures['refills']}"
     )
-    cache.clear()
     return 0
 
 
 def main(argv: t.Sequence[str] | None = None) -> int:
     """Entry point of ``python -m tieredcache`` and the ``tieredcache`` script."""
-    parser = argparse.ArgumentParser(prog="tieredcache", description=__doc__.splitlines()[0])
+    from tieredcache import __version__
+
+    parser = argparse.ArgumentParser(prog="tieredcache", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"tieredcache {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser(
-        "demo", help="show the tiers working (memory + SQLite by default)"
+        "demo",
+        help="show the tiers working (memory + SQLite by default)",
+        description="Run the main operations through a memory L1 in front of an L2 and print "
+        "what each tier did. The L2 is an embedded SQLite file unless --l2 names a store; the "
+        "demo writes only keys of its own there and deletes them at the end.",
     )
     run_demo.add_argument(
         "--l2",

@@ -659,6 +659,7 @@ def test_backend_errors_propagate() -> None:
             cache.set("k", "v")
 
 
+@pytest.mark.memcached
 def test_memcached_refuses_too_large_values_per_key(locate: t.Callable[[str], str]) -> None:
     with override_settings(CACHES={"default": entry(locate("memcached"))}):
         cache = caches["default"]

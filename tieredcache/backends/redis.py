@@ -845,6 +845,7 @@ def _connect(
     sentinel = redis.sentinel.Sentinel(
         list(target.nodes), sentinel_kwargs=sentinel_kwargs, **manager_options, **options
     )
+    assert target.service_name is not None  # the URL parser refuses a sentinel URL without one
     master = sentinel.master_for(target.service_name, db=target.db, max_connections=max_connections)
     return master, [master.close, *(s.close for s in sentinel.sentinels)]
 

@@ -8,5 +8,7 @@
   layer) and ``ManualExecutor`` (run queued legs when, and in the order, a test chooses).
 - :mod:`tieredcache.testing.servers`: throwaway ``redis-server`` and ``memcached`` processes
   on free loopback ports, for tests, benchmarks and demos.
+- :mod:`tieredcache.testing.install`: installs ``redis-server`` and ``memcached`` with apt-get
+  when they are missing and the process may (root, ``TIEREDCACHE_NO_INSTALL`` unset).
 - :mod:`tieredcache.testing.cluster`: a throwaway Redis Cluster of several masters.
 """

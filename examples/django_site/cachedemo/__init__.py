@@ -1,0 +1,1 @@
+"""A small Django site cached by tieredcache (see ``examples/README.md``)."""
