@@ -171,13 +171,19 @@ def _time_one(
 ) -> None:
     config_ms = case.subject.env.config.round_ms
     if workload.threaded:
-        # Each thread works through its own stretch of the plan, long enough not to wrap
-        # around within a round (a wrap would turn a wide key set into a small one).
-        length = max(ops, len(case.args) // threads)
+        # The threads deal the plan among themselves from where the subject's previous
+        # threaded round stopped (whatever its thread count), so that together they walk
+        # it in order: a round that started over would re-read the keys the last one left
+        # in L1, and the uniform mix would measure a key set smaller than the L1.
+        plan, cursor = case.args, case.cursor
+        length = max(ops, len(plan) // threads)
         per_thread = [
-            stretch(case.args, length, (round_no * threads + i) * length) for i in range(threads)
+            [plan[(cursor + i + k * threads) % len(plan)] for k in range(length)]
+            for i in range(threads)
         ]
+        done = series.ops
         time_threaded(case, per_thread, series, config_ms * 1_000_000)
+        case.cursor = cursor + series.ops - done
     else:
         start = round_no * ops
         # Warm the caches on the operations just before this round's, so that no timed

@@ -167,6 +167,7 @@ class Case:
 
     ``args`` is the plan: each timed operation is ``op(arg)`` for the next ``arg``, after
     ``prepare(arg)`` (untimed) when given; ``batch`` operations make one sample.
+    ``cursor`` is where the next threaded round starts in the plan.
     """
 
     subject: Subject
@@ -174,6 +175,7 @@ class Case:
     args: list[t.Any]
     prepare: t.Callable[[t.Any], t.Any] | None = None
     batch: int = 1
+    cursor: int = 0
 
 
 def zipf_keys(rng: random.Random, count: int, universe: int, s: float = 1.1) -> list[int]:
