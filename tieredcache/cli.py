@@ -213,6 +213,12 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         help="keep the CPUs awake with a lowest-priority busy loop (on virtual machines whose "
         "idle CPUs are slow to wake, round trips otherwise measure the wake-up)",
     )
+    run_bench.add_argument(
+        "--multiprocess",
+        action="store_true",
+        help="worker processes sharing one Redis (1 to 8; --quick: 1 and 2), written as "
+        "multiprocess.json and multiprocess.md",
+    )
     run_bench.add_argument("--no-plot", action="store_true", help="do not draw results.png")
     run_bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
@@ -225,7 +231,10 @@ def bench(args: argparse.Namespace, out: t.TextIO) -> int:
     """Run ``tieredcache bench`` with parsed arguments; print the report, write the files."""
     from tieredcache.bench import BenchConfig
     from tieredcache.bench import run
+    from tieredcache.bench.multiprocess import command
 
+    if args.multiprocess:
+        return command(args, out)
     try:
         sizes = tuple(int(size) for size in args.sizes.split(",") if size.strip())
     except ValueError:
