@@ -6,6 +6,8 @@
   ``wait_until`` (a bounded wait for a condition).
 - :mod:`tieredcache.testing.faults`: ``FaultyBackend`` (fail or hold any operation of a
   layer) and ``ManualExecutor`` (run queued legs when, and in the order, a test chooses).
+- :mod:`tieredcache.testing.backplane`: ``LocalBackplaneHub``, an in-process backplane whose
+  messages wait until the test delivers them (several compositions as several processes).
 - :mod:`tieredcache.testing.servers`: throwaway ``redis-server`` and ``memcached`` processes
   on free loopback ports, for tests, benchmarks and demos.
 - :mod:`tieredcache.testing.install`: installs ``redis-server`` and ``memcached`` with apt-get

@@ -202,9 +202,7 @@ class TieredCache(Backend):
             backplane=backplane,
             on_partial_failure=self._report_l2_partial,
         )
-        self._refresher = Refresher(
-            self, self._gate, self._ordering, self._counters, self._flights
-        )
+        self._refresher = Refresher(self, self._gate, self._ordering, self._counters, self._flights)
         if backplane is not None:
             backplane.subscribe(self._on_invalidate, self._on_reset)
 
@@ -230,6 +228,11 @@ class TieredCache(Backend):
     def fail_open(self) -> bool:
         """True when L2 availability failures are absorbed (see the class docstring)."""
         return self._gate.fail_open
+
+    @property
+    def gate(self) -> L2Gate:
+        """The :class:`~tieredcache.tiered.l2gate.L2Gate` every L2 call goes through."""
+        return self._gate
 
     @property
     def breaker(self) -> CircuitBreaker | None:

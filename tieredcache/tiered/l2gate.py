@@ -140,6 +140,9 @@ class L2Gate:
         self.backplane = backplane
         self.on_partial_failure = on_partial_failure
         self.timeout = call_timeout(l2)
+        #: Run replays and announcements on the gate's own worker thread. Tests that drive
+        #: them step by step (:meth:`replay`, :meth:`send_announcements`) turn it off.
+        self.background = True
         self.log = RateLimitedLog(logger)
         self.replayed = 0
         self.replay_dropped = 0
@@ -496,7 +499,7 @@ class L2Gate:
                     self._announce.move_to_end(key)
             self._start_worker_locked()
 
-    def _send_announcements(self) -> bool:
+    def send_announcements(self) -> bool:
         """Send what is queued; False if the backplane failed (the rest stays queued)."""
         backplane = self.backplane
         if backplane is None:
@@ -549,8 +552,8 @@ class L2Gate:
 
     def _start_worker_locked(self) -> None:
         self._idle.clear()
-        if self._worker is not None or self._closed:
-            if self._closed:
+        if self._worker is not None or self._closed or not self.background:
+            if self._closed or not self.background:
                 self._idle.set()
             return
         worker = threading.Thread(target=self._work, name="tieredcache-l2gate", daemon=False)
@@ -571,7 +574,7 @@ class L2Gate:
                     self._idle.set()
                     return
             try:
-                sent = self._send_announcements()
+                sent = self.send_announcements()
                 replayed_all = True
                 if self._queue:
                     self.replay()
@@ -597,7 +600,7 @@ class L2Gate:
         if self._queue and time.monotonic() < deadline:
             self.replay()
         if (self._announce or self._announce_clear is not None) and time.monotonic() < deadline:
-            self._send_announcements()
+            self.send_announcements()
         return not (self._queue or self._announce or self._announce_clear is not None)
 
     def close(self) -> None:
@@ -655,7 +658,12 @@ def touch_replay(expires_at: float | None) -> ReplayFactory:
 
 
 def _replay_op(gate: L2Gate, key: str, item: ReplayItem) -> t.Callable[[list[str]], object]:
-    def op(_: list[str]) -> bool:
+    def op(_: list[str]) -> bool | None:
+        # Last writer wins across processes: a write another process made after this one
+        # (versions are comparable wall-clock times) is not overwritten by the late replay.
+        current = gate.call(gate.l2.get_entry, key)
+        if current is not None and current.version > item.seq:
+            return None
         if item.op == "set":
             assert item.entry is not None
             gate.call(gate.l2.set_entry, key, item.entry)

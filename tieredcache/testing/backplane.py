@@ -1,0 +1,111 @@
+"""An in-process backplane for tests: messages wait in inboxes until :meth:`deliver`.
+
+Several compositions in one test process stand for several processes sharing an L2; a
+:class:`LocalBackplaneHub` connects their :class:`LocalBackplane` instances. Nothing is
+delivered until the test calls :meth:`LocalBackplaneHub.deliver`, so a state machine can
+explore every order of writes, announcements and deliveries. :meth:`LocalBackplaneHub.fail`
+makes every publish fail (as a frozen Redis would), :meth:`LocalBackplaneHub.recover` ends it.
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+
+from tieredcache.backplane import KINDS
+from tieredcache.backplane import Backplane
+from tieredcache.backplane import InvalidateCallback
+from tieredcache.backplane import ResetCallback
+from tieredcache.errors import ConfigurationError
+
+__all__ = ["LocalBackplane", "LocalBackplaneHub"]
+
+
+class LocalBackplaneHub:
+    """Connects :class:`LocalBackplane` instances. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: list[LocalBackplane] = []
+        self.failing = False
+
+    def new(self) -> LocalBackplane:
+        """A backplane for one more composition ("process")."""
+        member = LocalBackplane(self, f"p{len(self._members)}")
+        with self._lock:
+            self._members.append(member)
+        return member
+
+    def fail(self) -> None:
+        self.failing = True
+
+    def recover(self) -> None:
+        self.failing = False
+
+    def _publish(self, sender: LocalBackplane, message: tuple[str, list[str]]) -> bool:
+        with self._lock:
+            if self.failing:
+                return False
+            for member in self._members:
+                if member is not sender:
+                    member.inbox.append(message)
+        return True
+
+    def deliver(self) -> int:
+        """Deliver every waiting message, in publication order per receiver; how many."""
+        delivered = 0
+        with self._lock:
+            members = list(self._members)
+        for member in members:
+            delivered += member.deliver()
+        return delivered
+
+
+class LocalBackplane(Backplane):
+    """One composition's end of a :class:`LocalBackplaneHub`."""
+
+    def __init__(self, hub: LocalBackplaneHub, origin: str) -> None:
+        self._hub = hub
+        self._origin = origin
+        self.inbox: list[tuple[str, list[str]]] = []
+        self._on_invalidate: InvalidateCallback | None = None
+        self._on_reset: ResetCallback | None = None
+        self.published = 0
+        self.received = 0
+
+    def publish(self, kind: str, keys: t.Sequence[str], version: int = 0) -> bool:
+        if kind not in KINDS:
+            raise ConfigurationError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        sent = self._hub._publish(self, (kind, [] if kind == "clear" else list(keys)))
+        if sent:
+            self.published += 1
+        return sent
+
+    def subscribe(self, on_invalidate: InvalidateCallback, on_reset: ResetCallback) -> None:
+        if self._on_invalidate is not None:
+            raise ConfigurationError("this backplane already has a subscriber")
+        self._on_invalidate = on_invalidate
+        self._on_reset = on_reset
+
+    def deliver(self) -> int:
+        """Deliver this member's waiting messages."""
+        messages, self.inbox = self.inbox, []
+        for kind, keys in messages:
+            self.received += 1
+            if self._on_invalidate is not None:
+                self._on_invalidate(kind, keys)
+        return len(messages)
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    def stats(self) -> dict[str, t.Any]:
+        return {"published": self.published, "received": self.received}
+
+    def close(self) -> None:
+        self.inbox = []
