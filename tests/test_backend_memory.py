@@ -25,6 +25,7 @@ from tieredcache.testing.contract import BackendContract
 
 class TestMemoryBackend(BackendContract):
     shared_store = False
+    envelopes = False
 
     @pytest.fixture(params=["objects", "pickled"])
     def make_backend(self, request: pytest.FixtureRequest) -> t.Callable[..., MemoryBackend]:

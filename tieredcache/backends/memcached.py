@@ -467,8 +467,8 @@ class MemcachedBackend(Backend):
             now = self.timer()
             if current is None or current.expired(now):
                 return False
-            header = EntryCodec.header(expires_at, current.stale_at, current.version)
-            new_data = header + data[EntryCodec.header_size :]
+            # Verified above; a signed payload is signed again under its new header.
+            new_data = self._codec.retime(data, expires_at)
             stored = client.cas(
                 skey, new_data, cas, expire=self._expire(expires_at, now), noreply=False
             )

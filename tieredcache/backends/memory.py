@@ -40,6 +40,7 @@ from tieredcache.entry import Timer
 from tieredcache.entry import next_version
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
+from tieredcache.errors import SerializationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.serializers import PickleSerializer
 from tieredcache.serializers import Serializer
@@ -370,7 +371,12 @@ class MemoryBackend(Backend):
                     return pickle.loads(stored.value)
                 except Exception as exc:
                     raise DeserializationError(f"cannot unpickle payload: {exc!r}") from exc
-            return serializer.loads(stored.value)
+            try:
+                return serializer.loads(stored.value)
+            except DeserializationError:
+                raise
+            except Exception as exc:  # a serializer of the caller's own that raised anything
+                raise DeserializationError(f"cannot decode payload: {exc!r}") from exc
         except DeserializationError as exc:
             self._counters.slot()[_CORRUPT] += 1
             logger.warning("memory: discarding an undecodable value for %r: %s", key, exc)
@@ -397,7 +403,14 @@ class MemoryBackend(Backend):
     def _freeze(self, entry: Entry) -> tuple[Entry, int]:
         """The entry as stored, and its size in bytes (0 when there is no byte bound)."""
         if self.serializer is not None:
-            payload = self.serializer.dumps(entry.value)
+            try:
+                payload = self.serializer.dumps(entry.value)
+            except SerializationError:
+                raise
+            except Exception as exc:  # a serializer of the caller's own that raised anything
+                raise SerializationError(
+                    f"cannot serialize {type(entry.value).__name__}: {exc!r}"
+                ) from exc
             stored = Entry(payload, entry.expires_at, entry.version, entry.stale_at)
             return stored, (_entry_bytes(stored, sys.getsizeof(payload)) if self.max_bytes else 0)
         if self.max_bytes is None:

@@ -87,9 +87,17 @@ _ADD_SCRIPT = r"""
 local current = redis.call('GET', KEYS[1])
 if current and #current >= 28 and string.sub(current, 1, 3) == 'TC\1' then
   local flags = string.byte(current, 4)
-  if flags % 2 == 0 then return 0 end
   local expires_at = struct.unpack('>d', current, 5)
-  if expires_at > tonumber(ARGV[2]) then return 0 end
+  local stale_at = struct.unpack('>d', current, 13)
+  -- A time that is not a finite number (NaN, infinities) is a corrupt header: absent.
+  local corrupt = (flags % 2 == 1 and (expires_at ~= expires_at or expires_at == math.huge
+      or expires_at == -math.huge))
+    or (flags % 4 >= 2 and (stale_at ~= stale_at or stale_at == math.huge
+      or stale_at == -math.huge))
+  if not corrupt then
+    if flags % 2 == 0 then return 0 end
+    if expires_at > tonumber(ARGV[2]) then return 0 end
+  end
 end
 if ARGV[3] == '' then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -107,7 +115,15 @@ if not current or #current < 28 or string.sub(current, 1, 3) ~= 'TC\1' then retu
 local flags = string.byte(current, 4)
 if flags % 2 == 1 then
   local expires_at = struct.unpack('>d', current, 5)
+  -- A time that is not a finite number (NaN, infinities) is a corrupt header: absent.
+  if expires_at ~= expires_at or expires_at == math.huge or expires_at == -math.huge then
+    return 0
+  end
   if expires_at <= tonumber(ARGV[1]) then return 0 end
+end
+if flags % 4 >= 2 then
+  local stale_at = struct.unpack('>d', current, 13)
+  if stale_at ~= stale_at or stale_at == math.huge or stale_at == -math.huge then return 0 end
 end
 flags = flags - (flags % 2) + tonumber(ARGV[2])
 local updated = string.sub(current, 1, 3) .. string.char(flags) .. ARGV[3]
@@ -343,6 +359,9 @@ class RedisBackend(Backend):
 
     def _add(self, key: str, entry: Entry) -> bool:
         data = self.codec.encode(entry)
+        if self.codec.signs:
+            # Only a verified entry counts as present, and only the client can verify.
+            return self._add_signed(key, data, entry.expires_at)
         px = self._px(entry.expires_at)
         args: list[bytes | str] = [data, repr(float(self.timer())), "" if px is None else str(px)]
         return bool(self._add_script(keys=[self._key(key)], args=args))
@@ -384,6 +403,9 @@ class RedisBackend(Backend):
                     continue  # another writer got in between: read again
 
     def _touch(self, key: str, expires_at: float | None) -> bool:
+        if self.codec.signs:
+            # The signature covers the header: only a holder of the secret can rewrite it.
+            return self._touch_signed(key, expires_at)
         px = self._px(expires_at)
         args: list[bytes | str] = [
             repr(float(self.timer())),
@@ -392,6 +414,43 @@ class RedisBackend(Backend):
             "" if px is None else str(px),
         ]
         return bool(self._touch_script(keys=[self._key(key)], args=args))
+
+    def _add_signed(self, key: str, data: bytes, expires_at: float | None) -> bool:
+        """``add`` over signed envelopes: read and verify, then write under WATCH."""
+        full = self._key(key)
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(full)
+                    current = pipe.get(full)
+                    held = None if current is None else self._decode(self.codec, key, current)
+                    if held is not None and not held.expired(self.timer()):
+                        return False
+                    pipe.multi()
+                    pipe.set(full, data, px=self._px(expires_at))
+                    pipe.execute()
+                    return True
+                except redis.exceptions.WatchError:
+                    continue  # another writer got in between: read again
+
+    def _touch_signed(self, key: str, expires_at: float | None) -> bool:
+        """``touch`` of a signed envelope: read, verify, re-sign and write back under WATCH."""
+        full = self._key(key)
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(full)
+                    data = pipe.get(full)
+                    entry = None if data is None else self._decode(self.codec, key, data)
+                    if entry is None or entry.expired(self.timer()):
+                        return False
+                    updated = self.codec.retime(data, expires_at)
+                    pipe.multi()
+                    pipe.set(full, updated, px=self._px(expires_at))
+                    pipe.execute()
+                    return True
+                except redis.exceptions.WatchError:
+                    continue  # another writer got in between: read again
 
     def _clear(self) -> None:
         pattern = _glob_escape(self._prefix_bytes) + b"*"
