@@ -326,7 +326,7 @@ class MemcachedBackend(Backend):
         """The server-side expiry of an entry: whole seconds, rounded up, never 0."""
         if expires_at is None:
             return 0
-        seconds = max(1, math.ceil(expires_at - now))
+        seconds = max(1, math.ceil(min(expires_at - now, float(_MAX_EXPTIME))))
         if seconds <= _RELATIVE_LIMIT:
             return seconds
         # memcached reads longer expiries as unix times, on the server's clock, which the

@@ -74,6 +74,7 @@ _HEALTH_CHECK_INTERVAL = 30
 # Float noise: at epoch magnitudes a double resolves about 0.24 µs, so ``(now + 0.25) - now``
 # may come out a hair above 250 ms; ceil() must not turn that into 251.
 _PX_SLACK_MS = 0.001
+_MAX_PX = float(2**62)  # ms; far beyond any TTL that validate_ttl lets through
 
 # The Lua scripts read the envelope header laid out by EntryCodec: magic b"TC", format 1,
 # flags (bit 1: has expires_at), expires_at, stale_at (big-endian doubles), version (int64).
@@ -282,7 +283,10 @@ class RedisBackend(Backend):
         """The server-side expiry in ms from now by the backend's clock (``None``: none)."""
         if expires_at is None:
             return None
-        return max(1, math.ceil((expires_at - self.timer()) * 1000.0 - _PX_SLACK_MS))
+        # Capped so that Redis accepts it (its absolute expiry must fit a signed 64-bit
+        # count of ms); the envelope keeps the exact expiry.
+        ms = min((expires_at - self.timer()) * 1000.0 - _PX_SLACK_MS, _MAX_PX)
+        return max(1, math.ceil(ms))
 
     # -- hooks ------------------------------------------------------------------------
 
