@@ -51,6 +51,7 @@ try:
     from pymemcache.exceptions import MemcacheError
     from pymemcache.exceptions import MemcacheServerError
     from pymemcache.exceptions import MemcacheUnexpectedCloseError
+    from pymemcache.exceptions import MemcacheUnknownError
 except ImportError as exc:  # pragma: no cover - pymemcache is a dependency of tieredcache
     raise ConfigurationError(
         "MemcachedBackend needs the pymemcache package: pip install pymemcache"
@@ -530,6 +531,13 @@ class MemcachedBackend(Backend):
             return BackendResponseError(f"server error: {_describe(exc)}", backend=self.name)
         if isinstance(exc, MemcacheClientError):
             return BackendResponseError(f"client error: {_describe(exc)}", backend=self.name)
+        if isinstance(exc, MemcacheUnknownError):
+            # A reply that is not memcached's protocol: the connection (or the server at
+            # that address) cannot be used, whatever the key.
+            return BackendUnavailableError(
+                f"{where} answered outside the memcached protocol: {_describe(exc)}",
+                backend=self.name,
+            )
         return BackendError(_describe(exc), backend=self.name)
 
     def _where(self, exc: BaseException) -> str:

@@ -293,13 +293,21 @@ class RedisBackend(Backend):
     def _get(self, key: str) -> Entry | None:
         full = self._key(key)
         direct = self._direct
-        if direct is None:
-            data = self._client.get(full)
-        else:
-            try:
-                data = direct.call(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(full), full))
-            except _RETRY_THROUGH_CLIENT:
+        try:
+            if direct is None:
                 data = self._client.get(full)
+            else:
+                try:
+                    data = direct.call(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(full), full))
+                except _RETRY_THROUGH_CLIENT:
+                    data = self._client.get(full)
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            # Someone else's list, hash, ... under this key: not an entry, so a miss, counted
+            # and logged like any payload that is not an envelope (MGET reads it as nil).
+            self._corrupt(key, DeserializationError(f"the key holds another Redis type: {exc}"))
+            return None
         if data is None:
             return None
         return self._decode(self.codec, key, data)
@@ -708,23 +716,35 @@ if hasattr(os, "register_at_fork"):
 # -- errors ---------------------------------------------------------------------------
 
 
+# Failures of the server or of the way to it: the tier cannot answer now. A ConnectionError
+# covers BusyLoadingError, AuthenticationError, MaxConnectionsError (pool exhausted),
+# MaxClientsReachedError and MasterNotFoundError; InvalidResponse is a connection whose
+# protocol stream broke; CLUSTERDOWN, MASTERDOWN and TRYAGAIN are a cluster that cannot serve
+# the slot now, although they arrive as error replies.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.InvalidResponse,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
+
+
 def _translate(exc: BaseException, target: str) -> BackendError:
     """The most specific ``BackendError`` for a driver exception."""
     message = f"{type(exc).__name__}: {exc} ({target})"
     cls: type[BackendError]
     if isinstance(exc, (redis.exceptions.TimeoutError, TimeoutError)):
         cls = BackendTimeoutError
-    elif isinstance(
-        exc,
-        (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException, OSError),
-    ):
-        # BusyLoadingError, AuthenticationError, MaxConnectionsError (pool exhausted) and
-        # MasterNotFoundError are ConnectionErrors too.
+    elif isinstance(exc, _UNAVAILABLE):
         cls = BackendUnavailableError
     elif isinstance(exc, redis.exceptions.ResponseError):
+        # The server answered about this command (WRONGTYPE, OOM, READONLY, NOSCRIPT...):
+        # that key's error, not a sign that the server is down.
         cls = BackendResponseError
     else:
-        cls = BackendError
+        cls = BackendError  # a client-side error (DataError...): neither of the above
     return cls(message, backend=RedisBackend.name)
 
 
