@@ -14,8 +14,12 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.base import PooledClient
 from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import MemcacheClientError
+from pymemcache.exceptions import MemcacheIllegalInputError
 from pymemcache.exceptions import MemcacheServerError
 from pymemcache.exceptions import MemcacheUnexpectedCloseError
+from pymemcache.exceptions import MemcacheUnknownCommandError
+from pymemcache.exceptions import MemcacheUnknownError
 
 from tieredcache import BackendResponseError
 from tieredcache import BackendTimeoutError
@@ -24,6 +28,7 @@ from tieredcache import ConfigurationError
 from tieredcache import SignedSerializer
 from tieredcache import ValueTooLargeError
 from tieredcache.backends.memcached import MemcachedBackend
+from tieredcache.breaker import is_availability_failure
 from tieredcache.testing.clock import FakeClock
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.contract import BackendContract
@@ -627,3 +632,43 @@ def test_repr_and_stats(make: t.Callable[..., MemcachedBackend]) -> None:
     assert figures["backend"] == "memcached"
     assert figures["servers"] == ["a:1", "b:2"]
     assert figures["prefix"] == "app:"
+
+
+@pytest.mark.parametrize(
+    ("driver_error", "expected"),
+    [
+        (socket.timeout("timed out"), BackendTimeoutError),
+        (ConnectionRefusedError("refused"), BackendUnavailableError),
+        (MemcacheUnexpectedCloseError(), BackendUnavailableError),
+        (MemcacheUnknownError("Received unexpected response"), BackendUnavailableError),
+        (MemcacheServerError("out of memory storing object"), BackendResponseError),
+        (MemcacheClientError("bad data chunk"), BackendResponseError),
+        (MemcacheUnknownCommandError("ERROR"), BackendResponseError),
+        (MemcacheIllegalInputError("Key contains whitespace"), BackendResponseError),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else "",
+)
+def test_driver_errors_are_translated(driver_error: BaseException, expected: type) -> None:
+    backend = MemcachedBackend("127.0.0.1:1")
+    error = backend._translate(driver_error)
+    assert type(error) is expected
+    assert is_availability_failure(error) == issubclass(expected, BackendUnavailableError)
+
+
+def test_paused_and_killed_servers_are_availability_failures(
+    fresh_memcached_server: MemcachedServer,
+) -> None:
+    address = fresh_memcached_server.address
+    backend = MemcachedBackend([address], timeout=0.2, connect_timeout=0.2)
+    backend.set("k", "v")
+    fresh_memcached_server.pause()
+    try:
+        with pytest.raises(BackendTimeoutError):
+            backend.get("k")
+    finally:
+        fresh_memcached_server.resume()
+    backend.close()
+    fresh_memcached_server.kill()
+    with pytest.raises(BackendUnavailableError) as info:
+        backend.get("k")
+    assert is_availability_failure(info.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 import typing as t
 
 import pytest
@@ -16,12 +18,14 @@ from tieredcache import ConfigurationError
 from tieredcache import Entry
 from tieredcache import MemoryBackend
 from tieredcache import PickleSerializer
+from tieredcache.backends import memory as memory_module
 from tieredcache.testing.clock import FakeClock
 from tieredcache.testing.contract import BackendContract
 
 
 class TestMemoryBackend(BackendContract):
     shared_store = False
+    envelopes = False
 
     @pytest.fixture(params=["objects", "pickled"])
     def make_backend(self, request: pytest.FixtureRequest) -> t.Callable[..., MemoryBackend]:
@@ -163,3 +167,87 @@ class MemoryBoundMachine(RuleBasedStateMachine):
 
 TestMemoryBounds = MemoryBoundMachine.TestCase
 TestMemoryBounds.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# -- max_bytes bounds what the process really holds ---------------------------------------------
+
+
+def _record(i: int) -> t.Any:
+    """Values of every kind max_bytes promises to size: containers, nested, and scalars."""
+    kind = i % 7
+    if kind == 0:
+        return [j * 1000 + i for j in range(50)]
+    if kind == 1:
+        return {f"field{j}_{i}": float(j) + i for j in range(10)}
+    if kind == 2:
+        return f"text {i} " * 20
+    if kind == 3:
+        return b"x" * 300 + str(i).encode()
+    if kind == 4:
+        return 10_000 + i
+    if kind == 5:
+        return {"rows": [(i, str(i)) for _ in range(5)], "tags": {i, i + 1}, "t": (i + 0.5,)}
+    return [[str(i), i], {"n": [i] * 3}]
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo"])
+@pytest.mark.parametrize("ttl", [None, 3600], ids=["forever", "ttl"])
+def test_max_bytes_bounds_the_memory_really_held(policy: str, ttl: int | None) -> None:
+    bound = 500_000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        backend = MemoryBackend(1_000_000, max_bytes=bound, policy=policy)
+        peak = 0
+        for i in range(6_000):
+            backend.set(f"key{i}", _record(i), ttl=ttl)  # a fresh value, referenced by L1 only
+            if i % 3 == 0:
+                backend.get(f"key{i // 2}")
+            if i % 500 == 499:
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0] - before
+                peak = max(peak, held)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    backend._check_invariants()
+    assert backend.currsize <= bound
+    # Never more than 10% over the bound, and the cache fills up to it, not far below.
+    assert peak <= 1.1 * bound
+    assert 0.9 * bound <= held <= 1.1 * bound
+    assert len(backend) > 300
+
+
+def test_max_bytes_with_a_serializer_bounds_the_payloads() -> None:
+    bound = 300_000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        backend = MemoryBackend(1_000_000, max_bytes=bound, serializer=PickleSerializer())
+        for i in range(3_000):
+            backend.set(f"key{i}", _record(i))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.9 * bound <= held <= 1.1 * bound
+
+
+def test_max_bytes_sizing_is_a_write_cost_only() -> None:
+    backend = MemoryBackend(10, max_bytes=100_000)
+    value = [1000 + j for j in range(50)]
+    backend.set("k", value)
+    calls = []
+    original = memory_module.deep_sizeof
+    memory_module.deep_sizeof = lambda v: calls.append(v) or original(v)  # type: ignore[assignment]
+    try:
+        for _ in range(100):
+            assert backend.get("k") is value
+            backend.get_entry("k")
+            backend.get_many(["k"])
+    finally:
+        memory_module.deep_sizeof = original  # type: ignore[assignment]
+    assert calls == []

@@ -7,6 +7,7 @@ Sentinel/Cluster URL forms.
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 import typing as t
@@ -20,6 +21,7 @@ from tieredcache import BackendError
 from tieredcache import BackendResponseError
 from tieredcache import BackendTimeoutError
 from tieredcache import BackendUnavailableError
+from tieredcache import CircuitBreaker
 from tieredcache import CompressedSerializer
 from tieredcache import ConfigurationError
 from tieredcache import Entry
@@ -30,6 +32,8 @@ from tieredcache import SignedSerializer
 from tieredcache.backends.redis import _parse_url
 from tieredcache.backends.redis import _RedisTarget
 from tieredcache.backends.redis import _translate
+from tieredcache.breaker import CircuitOpenError
+from tieredcache.breaker import is_availability_failure
 from tieredcache.testing.clock import FakeClock
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.contract import BackendContract
@@ -291,13 +295,78 @@ def test_paused_server_times_out(make_redis: Factory, fresh_redis_server: RedisS
     assert backend.get("k") == "v"
 
 
-def test_server_error_is_a_response_error(make_redis: Factory, raw: redis.Redis) -> None:
+def test_key_of_another_type_is_a_counted_miss(
+    make_redis: Factory, raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = make_redis(prefix="p:")
+    raw.hset("p:k", mapping={"a": "b"})  # someone else's hash under our key
+    raw.rpush("p:l", "x")
+    backend.set("ok", "fine")
+    with caplog.at_level(logging.WARNING, logger="tieredcache"):
+        assert backend.get("k", "default") == "default"
+        assert backend.get_entry("l") is None
+        assert backend.get_entries(["k"]) == {}
+        assert backend.get_many(["k", "l", "ok"]) == {"ok": "fine"}  # MGET reads them as nil
+        assert not backend.has("k")
+    stats = backend.stats()
+    assert stats["corrupt"] == 4 and stats["errors"] == 0
+    assert stats["hits"] + stats["misses"] == 7
+    assert sum("another Redis type" in r.getMessage() for r in caplog.records) == 4
+    assert raw.type("p:k") == b"hash"  # a read never removes what it does not own
+    backend.set("k", "mine")  # a write replaces it
+    assert backend.get("k") == "mine"
+
+
+def test_server_refusing_one_keys_command_is_a_response_error(
+    make_redis: Factory, raw: redis.Redis
+) -> None:
     backend = make_redis(prefix="p:")
     raw.hset("p:k", mapping={"a": "b"})
-    with pytest.raises(BackendResponseError) as info:
-        backend.get("k")
-    assert isinstance(info.value.__cause__, redis.exceptions.ResponseError)
-    assert "WRONGTYPE" in str(info.value)
+    for call in (lambda: backend.incr("k"), lambda: backend.add("k", 1)):
+        with pytest.raises(BackendResponseError) as info:
+            call()
+        assert not isinstance(info.value, BackendUnavailableError)
+        assert isinstance(info.value.__cause__, redis.exceptions.ResponseError)
+        assert "WRONGTYPE" in str(info.value)
+    assert backend.stats()["errors"] == 0
+
+
+def test_breaker_counts_only_availability_failures_of_a_real_server(
+    make_redis: Factory, raw: redis.Redis, fresh_redis_server: RedisServer
+) -> None:
+    breaker = CircuitBreaker(failures=3, reset_after=60)
+    backend = make_redis(prefix="p:")
+    raw.hset("p:k", mapping={"a": "b"})
+    refusals: list[BaseException] = []
+    for _ in range(10):  # a key's error, ten times: the server is up
+        try:
+            backend.incr("k")
+        except BackendError as exc:
+            refusals.append(exc)
+            breaker.record(exc)
+    assert len(refusals) == 10 and breaker.state == "closed"
+    assert not any(is_availability_failure(exc) for exc in refusals)
+
+    paused = make_redis(fresh_redis_server.url, socket_timeout=0.2, connect_timeout=0.2)
+    paused.set("k", "v")
+    fresh_redis_server.pause()
+    try:
+        with pytest.raises(BackendTimeoutError) as timeout:
+            paused.get("k")
+    finally:
+        fresh_redis_server.resume()
+    assert is_availability_failure(timeout.value)
+    killed = make_redis(fresh_redis_server.url, socket_timeout=1.0, connect_timeout=1.0)
+    killed.set("k", "v")
+    fresh_redis_server.kill()
+    with pytest.raises(BackendUnavailableError) as down:
+        killed.get("k")
+    assert not isinstance(down.value, BackendTimeoutError)
+    assert is_availability_failure(down.value)
+    for exc in (timeout.value, down.value, down.value):
+        breaker.record(exc)
+    assert breaker.state == "open"
+    assert not is_availability_failure(CircuitOpenError("refused", backend="l2"))
 
 
 @pytest.mark.parametrize(
@@ -310,6 +379,12 @@ def test_server_error_is_a_response_error(make_redis: Factory, raw: redis.Redis)
         (redis.exceptions.MaxConnectionsError("Too many connections"), BackendUnavailableError),
         (redis.sentinel.MasterNotFoundError("No master found"), BackendUnavailableError),
         (ConnectionResetError("reset by peer"), BackendUnavailableError),
+        (redis.exceptions.MaxClientsReachedError("max clients"), BackendUnavailableError),
+        (redis.exceptions.InvalidResponse("Protocol Error"), BackendUnavailableError),
+        (redis.exceptions.ClusterDownError("CLUSTERDOWN"), BackendUnavailableError),
+        (redis.exceptions.MasterDownError("MASTERDOWN"), BackendUnavailableError),
+        (redis.exceptions.TryAgainError("TRYAGAIN"), BackendUnavailableError),
+        (redis.exceptions.ResponseError("WRONGTYPE Operation"), BackendResponseError),
         (redis.exceptions.OutOfMemoryError("OOM command not allowed"), BackendResponseError),
         (redis.exceptions.ReadOnlyError("READONLY replica"), BackendResponseError),
         (redis.exceptions.NoScriptError("NOSCRIPT No matching script"), BackendResponseError),

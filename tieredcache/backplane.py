@@ -284,7 +284,7 @@ class RedisBackplane(Backplane):
     def _init_process_state(self) -> None:
         """The state that belongs to one process (rebuilt in a forked child)."""
         self._lock = threading.Lock()
-        self._log = RateLimitedLog(logger, _LOG_INTERVAL)
+        self._log = RateLimitedLog(_LOG_INTERVAL, logger=logger)
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._last_message_at: float | None = None
         self._ever_connected = False

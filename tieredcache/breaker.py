@@ -4,6 +4,13 @@ After ``failures`` consecutive failures the breaker *opens*: calls to the tier a
 at once (:class:`CircuitOpenError`) instead of waiting for timeouts. After ``reset_after``
 seconds it lets one call through (*half-open*); a success closes it, a failure opens it
 again for another ``reset_after``. Every transition is logged and counted.
+
+Only availability failures move a breaker: a refused or dropped connection, a timeout, a
+cluster that cannot serve (:class:`~tieredcache.errors.BackendUnavailableError` and its
+subclass :class:`~tieredcache.errors.BackendTimeoutError`). A server that *answered* with an
+error about one key (:class:`~tieredcache.errors.BackendResponseError`: a key of another
+type, out of memory, read-only) is up, and so is one that returned a payload that does not
+decode: :meth:`CircuitBreaker.record` counts those as successes.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import typing as t
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import ConfigurationError
 
-__all__ = ["CircuitBreaker", "CircuitOpenError"]
+__all__ = ["CircuitBreaker", "CircuitOpenError", "is_availability_failure"]
 
 logger = logging.getLogger("tieredcache.breaker")
 
@@ -25,6 +32,17 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 class CircuitOpenError(BackendUnavailableError):
     """The tier was not called: its circuit breaker is open after repeated failures."""
+
+
+def is_availability_failure(exc: BaseException) -> bool:
+    """True if ``exc`` means the tier could not answer (what opens a breaker).
+
+    :class:`~tieredcache.errors.BackendUnavailableError` and
+    :class:`~tieredcache.errors.BackendTimeoutError` are; a
+    :class:`~tieredcache.errors.BackendResponseError` (the server answered), any other
+    error, and a :class:`CircuitOpenError` (the breaker's own refusal, not a call) are not.
+    """
+    return isinstance(exc, BackendUnavailableError) and not isinstance(exc, CircuitOpenError)
 
 
 class CircuitBreaker:
@@ -111,7 +129,8 @@ class CircuitBreaker:
                 logger.exception("circuit %s: on_close callback raised", self.name)
 
     def record_failure(self) -> None:
-        """The call failed."""
+        """The call failed for want of the tier (see :func:`is_availability_failure`); a
+        caller that has the exception can pass it to :meth:`record` instead."""
         with self._lock:
             self._consecutive += 1
             if self._state == HALF_OPEN or (
@@ -131,6 +150,17 @@ class CircuitBreaker:
                 self._consecutive,
                 self.reset_after,
             )
+
+    def record(self, exc: BaseException | None) -> None:
+        """Record the outcome of a call: ``None`` for a success, or what it raised.
+
+        Only an availability failure (:func:`is_availability_failure`) counts as a failure;
+        any other exception means the tier answered, which is a success for the breaker.
+        """
+        if exc is not None and is_availability_failure(exc):
+            self.record_failure()
+        else:
+            self.record_success()
 
     def stats(self) -> dict[str, t.Any]:
         """State and counters."""

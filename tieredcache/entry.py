@@ -17,12 +17,18 @@ from tieredcache.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT",
+    "MAX_TTL",
     "Entry",
     "Timer",
     "expires_at_for",
     "next_version",
     "validate_ttl",
 ]
+
+MAX_TTL = 100 * 365.25 * 86400.0
+"""The longest TTL accepted, in seconds: 100 years. Every store takes an expiry this far
+ahead (Redis counts it in milliseconds in a signed 64-bit integer; memcached caps its own
+expiry in 2038 and the envelope keeps the exact one); use ``None`` for no expiry."""
 
 Timer = t.Callable[[], float]
 """A clock: a callable returning the current time in epoch seconds (``time.time``)."""
@@ -124,15 +130,28 @@ class Entry:
 def validate_ttl(ttl: t.Any, *, name: str = "ttl") -> float | None:
     """Check a TTL in seconds and return it as a float (``None`` stays ``None``).
 
-    :raises ConfigurationError: the TTL is not ``None``, an int or a float, or is NaN/infinite.
+    :raises ConfigurationError: the TTL is not ``None``, an int or a float, is NaN or
+        infinite, or is longer than :data:`MAX_TTL` (100 years).
     """
     if ttl is None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         raise ConfigurationError(f"{name} must be a number of seconds or None, not {ttl!r}")
-    if math.isnan(ttl) or math.isinf(ttl):
-        raise ConfigurationError(f"{name} must be finite (use None for no expiry), not {ttl!r}")
-    return float(ttl)
+    try:
+        seconds = float(ttl)
+    except OverflowError:  # an int beyond any float
+        seconds = math.inf if ttl > 0 else -math.inf
+        shown = f"an int of {int(ttl).bit_length()} bits"
+    else:
+        shown = repr(ttl)
+    if seconds > MAX_TTL:
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_TTL:.0f} seconds (100 years; use None for no "
+            f"expiry), not {shown}"
+        )
+    if not math.isfinite(seconds):
+        raise ConfigurationError(f"{name} must be finite (use None for no expiry), not {shown}")
+    return seconds
 
 
 def expires_at_for(ttl: float | None, now: float) -> float | None:

@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tieredcache import lifecycle
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import OffloadError
+from tieredcache.ratelog import RateLimitedLog
 
 __all__ = [
     "DisabledOffload",
@@ -243,6 +244,7 @@ class _CountingOffload(Offload):
 
     def __init__(self, on_error: _ErrorHook | None = None) -> None:
         self._on_error = on_error
+        self._log = RateLimitedLog(logger=logger)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         # Per thread: how many of this offload's tasks the thread is running right now.
@@ -357,13 +359,25 @@ class _CountingOffload(Offload):
             self._settle(key, slot, outcome, generation)
 
     def _report(self, key: OffloadKey, exc: BaseException) -> None:
-        logger.warning("offload task %r failed", key, exc_info=exc)
+        # Counted by the caller every time; logged (with a traceback) once per kind of task
+        # and kind of error per interval, so a failing tier does not log each of its writes.
+        self._log.warning(
+            f"failed:{key.kind}:{type(exc).__name__}",
+            "offload task %r failed",
+            key,
+            exc_info=exc,
+        )
         hook = self._on_error
         if hook is not None:
             try:
                 hook(key, exc)
-            except Exception:
-                logger.warning("on_error hook raised for offload task %r", key, exc_info=True)
+            except Exception as hook_error:
+                self._log.warning(
+                    f"on_error:{key.kind}:{type(hook_error).__name__}",
+                    "on_error hook raised for offload task %r",
+                    key,
+                    exc_info=hook_error,
+                )
 
     def _settle_adopted(
         self, key: OffloadKey, generation: int, future: futures.Future[t.Any]
@@ -403,6 +417,7 @@ class _CountingOffload(Offload):
     def _reset_after_fork(self) -> None:
         """In a forked child: fresh lock; what was in flight in the parent is cancelled here."""
         self._lock = threading.Lock()
+        self._log = RateLimitedLog(logger=logger)
         self._idle = threading.Condition(self._lock)
         self._generation += 1
         self._cancelled += self._active_locked()
@@ -421,8 +436,11 @@ class ThreadPoolOffload(_CountingOffload):
     rejected.
 
     Keyed and explicit keys are deduplicated atomically, and a key is free again as soon as its
-    task ends, however it ends. A task's exception is logged on the ``tieredcache.offload``
-    logger, counted as failed and passed to ``on_error``; it never stops a worker.
+    task ends, however it ends. A task's exception is counted as failed, passed to ``on_error``
+    and logged on the ``tieredcache.offload`` logger; it never stops a worker. The log is
+    rate-limited: one record (with its traceback) per kind of task and type of error every ten
+    seconds, the next one saying how many were suppressed, so a failing tier does not log a
+    traceback for each of its thousand background writes.
 
     The pool is a :class:`concurrent.futures.ThreadPoolExecutor` (no daemon threads) created on
     first use. :meth:`drain` and ``close(wait=True)`` cannot be called from inside one of this

@@ -7,8 +7,14 @@ unpickle their bytes; :class:`CompressedSerializer` compresses large payloads wi
 
 Remote backends store an *envelope*: a fixed binary header carrying the entry's
 ``expires_at``, ``stale_at`` and ``version`` exactly, followed by the serialized payload
-(:class:`EntryCodec`). A payload that fails to verify or decode raises
+(:class:`EntryCodec`). A signing serializer signs the header together with the payload, so a
+forged or edited expiry is refused like a forged value. A payload that fails to verify or
+decode, or a header whose times are not finite numbers, raises
 :class:`~tieredcache.errors.DeserializationError`, which every backend reads as a miss.
+
+Every serializer raises :class:`~tieredcache.errors.SerializationError` for any failure to
+encode a value (whatever the value's own code raised, chained as the cause) and
+:class:`~tieredcache.errors.DeserializationError` for any failure to decode.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import pickle
 import struct
 import typing as t
@@ -59,8 +66,43 @@ class Serializer:
         """
         raise NotImplementedError  # pragma: no cover
 
+    #: True when the serializer authenticates what it encodes (and the envelope header it is
+    #: given): a store must then not edit a header without re-signing it (:meth:`rebind`).
+    signs: bool = False
+
+    def dumps_with_header(self, value: t.Any, header: bytes) -> bytes:
+        """Encode ``value`` as the payload of an envelope whose header is ``header``.
+
+        A signing serializer authenticates ``header`` with the payload; others ignore it.
+
+        :raises SerializationError: the value cannot be encoded.
+        """
+        return self.dumps(value)
+
+    def loads_with_header(self, data: bytes, header: bytes) -> t.Any:
+        """Decode a payload made by :meth:`dumps_with_header` with this ``header``.
+
+        :raises DeserializationError: the payload or the header does not verify, or the
+            payload cannot be decoded.
+        """
+        return self.loads(data)
+
+    def rebind(self, data: bytes, header: bytes, new_header: bytes) -> bytes:
+        """The payload ``data``, verified against ``header``, made valid under ``new_header``
+        (an envelope whose expiry changes). Unsigned payloads are returned as they are.
+
+        :raises DeserializationError: the payload does not verify against ``header``.
+        """
+        return bytes(data)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _encode_failure(serializer: str, value: t.Any, exc: Exception) -> SerializationError:
+    """A failure of the value's own code while encoding, as a ``SerializationError``."""
+    kind = type(value).__name__
+    return SerializationError(f"cannot encode {kind} with {serializer}: {exc!r}")
 
 
 class PickleSerializer(Serializer):
@@ -77,8 +119,8 @@ class PickleSerializer(Serializer):
     def dumps(self, value: t.Any) -> bytes:
         try:
             return pickle.dumps(value, self.protocol)
-        except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError) as exc:
-            raise SerializationError(f"cannot pickle {type(value).__name__}: {exc}") from exc
+        except Exception as exc:  # __reduce__ and __getstate__ may raise anything
+            raise _encode_failure("pickle", value, exc) from exc
 
     def loads(self, data: bytes) -> t.Any:
         try:
@@ -98,15 +140,14 @@ class JSONSerializer(Serializer):
     def dumps(self, value: t.Any) -> bytes:
         try:
             return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        except (TypeError, ValueError, RecursionError) as exc:
-            kind = type(value).__name__
-            raise SerializationError(f"cannot encode {kind} as JSON: {exc}") from exc
+        except Exception as exc:  # a subclass's __str__, __iter__... may raise anything
+            raise _encode_failure("JSON", value, exc) from exc
 
     def loads(self, data: bytes) -> t.Any:
         try:
             return json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise DeserializationError(f"cannot decode JSON payload: {exc}") from exc
+        except Exception as exc:
+            raise DeserializationError(f"cannot decode JSON payload: {exc!r}") from exc
 
 
 def _key_from_secret(secret: str | bytes, salt: bytes) -> bytes:
@@ -122,8 +163,10 @@ class SignedSerializer(Serializer):
 
     A payload whose signature matches none of the secrets is refused before the inner
     serializer sees it, so a shared store cannot feed forged pickles into every process.
-    The signature covers the payload only: whoever can write to the store can still copy
-    one signed payload to another key.
+    Inside an envelope the signature also covers the envelope header (the expiry, stale
+    time and version), so nobody without the secret can make an entry live longer, or
+    expired sooner, by editing it. The key is not covered: whoever can write to the store
+    can still copy one signed envelope to another key.
 
     :param secret: the signing secret (str or bytes).
     :param inner: the serializer whose output is signed.
@@ -132,7 +175,10 @@ class SignedSerializer(Serializer):
     """
 
     name = "signed"
+    signs = True
     _MAC_SIZE = 32
+    # Names what the MAC covers, so a MAC made for one layout never verifies for another.
+    _DOMAIN = b"tieredcache.signed.v2\x00"
 
     def __init__(
         self,
@@ -146,21 +192,39 @@ class SignedSerializer(Serializer):
         self._key = _key_from_secret(secret, salt)
         self._keys = (self._key, *(_key_from_secret(s, salt) for s in fallbacks))
 
-    def _mac(self, key: bytes, data: bytes) -> bytes:
-        return hmac.new(key, data, hashlib.sha256).digest()
+    def _mac(self, key: bytes, header: bytes, body: bytes) -> bytes:
+        mac = hmac.new(key, self._DOMAIN, hashlib.sha256)
+        mac.update(struct.pack(">I", len(header)))
+        mac.update(header)
+        mac.update(body)
+        return mac.digest()
 
     def dumps(self, value: t.Any) -> bytes:
-        data = self.inner.dumps(value)
-        return self._mac(self._key, data) + data
+        return self.dumps_with_header(value, b"")
 
     def loads(self, data: bytes) -> t.Any:
+        return self.loads_with_header(data, b"")
+
+    def dumps_with_header(self, value: t.Any, header: bytes) -> bytes:
+        data = self.inner.dumps_with_header(value, header)
+        return self._mac(self._key, header, data) + data
+
+    def loads_with_header(self, data: bytes, header: bytes) -> t.Any:
+        return self.inner.loads_with_header(self._verified(data, header), header)
+
+    def rebind(self, data: bytes, header: bytes, new_header: bytes) -> bytes:
+        body = self.inner.rebind(self._verified(data, header), header, new_header)
+        return self._mac(self._key, new_header, body) + body
+
+    def _verified(self, data: bytes, header: bytes) -> bytes:
+        """The signed body, once its signature verifies with one of the keys."""
         data = bytes(data)
         if len(data) < self._MAC_SIZE:
             raise DeserializationError("signed payload is too short")
         mac, body = data[: self._MAC_SIZE], data[self._MAC_SIZE :]
         for key in self._keys:
-            if hmac.compare_digest(mac, self._mac(key, body)):
-                return self.inner.loads(body)
+            if hmac.compare_digest(mac, self._mac(key, header, body)):
+                return body
         raise DeserializationError("payload signature does not verify")
 
     def __repr__(self) -> str:
@@ -187,25 +251,44 @@ class CompressedSerializer(Serializer):
         self.inner = inner if inner is not None else PickleSerializer()
         self.threshold = threshold
         self.level = level
+        self.signs = self.inner.signs
 
     def dumps(self, value: t.Any) -> bytes:
-        data = self.inner.dumps(value)
+        return self.dumps_with_header(value, b"")
+
+    def loads(self, data: bytes) -> t.Any:
+        return self.loads_with_header(data, b"")
+
+    def dumps_with_header(self, value: t.Any, header: bytes) -> bytes:
+        return self._pack(self.inner.dumps_with_header(value, header))
+
+    def loads_with_header(self, data: bytes, header: bytes) -> t.Any:
+        return self.inner.loads_with_header(self._unpack(data), header)
+
+    def rebind(self, data: bytes, header: bytes, new_header: bytes) -> bytes:
+        if not self.signs:
+            return bytes(data)
+        return self._pack(self.inner.rebind(self._unpack(data), header, new_header))
+
+    def _pack(self, data: bytes) -> bytes:
         if len(data) >= self.threshold:
-            packed = zlib.compress(data, self.level)
+            try:
+                packed = zlib.compress(data, self.level)
+            except Exception as exc:  # pragma: no cover - zlib refuses only absurd sizes
+                raise SerializationError(f"cannot compress payload: {exc!r}") from exc
             if len(packed) < len(data):
                 return self._ZLIB + packed
         return self._RAW + data
 
-    def loads(self, data: bytes) -> t.Any:
+    def _unpack(self, data: bytes) -> bytes:
         marker, body = bytes(data[:1]), data[1:]
         if marker == self._RAW:
-            return self.inner.loads(body)
+            return bytes(body)
         if marker == self._ZLIB:
             try:
-                raw = zlib.decompress(body)
-            except zlib.error as exc:
-                raise DeserializationError(f"cannot decompress payload: {exc}") from exc
-            return self.inner.loads(raw)
+                return zlib.decompress(body)
+            except Exception as exc:
+                raise DeserializationError(f"cannot decompress payload: {exc!r}") from exc
         raise DeserializationError("unknown compression marker")
 
     def __repr__(self) -> str:
@@ -229,7 +312,9 @@ class EntryCodec:
 
     The header is 28 bytes: magic ``b"TC"``, a format byte, flags, ``expires_at`` and
     ``stale_at`` as IEEE doubles (present only when their flag is set, so "no expiry" is
-    never confused with any time) and ``version`` as a signed 64-bit integer. Thread-safe.
+    never confused with any time) and ``version`` as a signed 64-bit integer. A signing
+    serializer signs the header with the payload. A header whose times are not finite
+    numbers (NaN, infinities) is refused as corrupt. Thread-safe.
 
     :param serializer: the payload serializer.
     """
@@ -240,14 +325,22 @@ class EntryCodec:
         self.serializer = serializer if serializer is not None else PickleSerializer()
         # Pickle reads the payload in place: no copy of it is made on the read path.
         self._pickle = type(self.serializer) is PickleSerializer
+        #: True when payloads sign their header: a header cannot be edited in place.
+        self.signs = bool(self.serializer.signs)
 
     def encode(self, entry: Entry) -> bytes:
         """The envelope of ``entry``.
 
         :raises SerializationError: the value cannot be serialized.
         """
-        payload = self.serializer.dumps(entry.value)
-        return self.header(entry.expires_at, entry.stale_at, entry.version) + payload
+        header = self.header(entry.expires_at, entry.stale_at, entry.version)
+        try:
+            payload = self.serializer.dumps_with_header(entry.value, header)
+        except SerializationError:
+            raise
+        except Exception as exc:  # a serializer of the caller's own that raised anything
+            raise _encode_failure(repr(self.serializer), entry.value, exc) from exc
+        return header + payload
 
     @staticmethod
     def header(expires_at: float | None, stale_at: float | None, version: int) -> bytes:
@@ -268,18 +361,15 @@ class EntryCodec:
     def read_header(data: bytes) -> tuple[float | None, float | None, int]:
         """``(expires_at, stale_at, version)`` from an envelope, without decoding the payload.
 
-        :raises DeserializationError: the bytes are not an envelope.
+        :raises DeserializationError: the bytes are not an envelope, or its times are not
+            finite numbers.
         """
         if len(data) < _HEADER.size:
             raise DeserializationError("payload is shorter than the envelope header")
         magic, fmt, flags, expires_at, stale_at, version = _HEADER.unpack_from(data)
         if magic != _MAGIC or fmt != _FORMAT:
             raise DeserializationError("payload is not a tieredcache envelope")
-        return (
-            expires_at if flags & _HAS_EXPIRES else None,
-            stale_at if flags & _HAS_STALE else None,
-            version,
-        )
+        return (*_times(flags, expires_at, stale_at), version)
 
     def decode(self, data: bytes) -> Entry:
         """The entry in an envelope.
@@ -290,6 +380,7 @@ class EntryCodec:
         if len(data) < _SIZE or not data.startswith(_MAGIC_FORMAT):
             self.read_header(data)  # raises the precise error
         flags, expires_at, stale_at, version = _unpack_after_magic(data, 3)
+        expires, stale = _times(flags, expires_at, stale_at)
         if self._pickle:
             try:
                 # Large payloads are read in place; copying a small one is cheaper than a view.
@@ -297,13 +388,45 @@ class EntryCodec:
             except Exception as exc:  # a corrupt pickle can raise almost anything
                 raise DeserializationError(f"cannot unpickle payload: {exc!r}") from exc
         else:
-            value = self.serializer.loads(data[_SIZE:])
-        return Entry(
-            value,
-            expires_at if flags & _HAS_EXPIRES else None,
-            version,
-            stale_at if flags & _HAS_STALE else None,
-        )
+            try:
+                value = self.serializer.loads_with_header(data[_SIZE:], data[:_SIZE])
+            except DeserializationError:
+                raise
+            except Exception as exc:  # a serializer of the caller's own that raised anything
+                raise DeserializationError(f"cannot decode payload: {exc!r}") from exc
+        return Entry(value, expires, version, stale)
+
+    def retime(self, data: bytes, expires_at: float | None) -> bytes:
+        """The envelope ``data`` with a new ``expires_at`` (re-signed when payloads are
+        signed; the payload is verified first, so a forged one is never re-signed).
+
+        :raises DeserializationError: ``data`` is not a valid envelope.
+        """
+        _, stale_at, version = self.read_header(data)
+        new_header = self.header(expires_at, stale_at, version)
+        if not self.signs:
+            return new_header + bytes(data[_SIZE:])
+        try:
+            body = self.serializer.rebind(data[_SIZE:], bytes(data[:_SIZE]), new_header)
+        except DeserializationError:
+            raise
+        except Exception as exc:
+            raise DeserializationError(f"cannot re-sign payload: {exc!r}") from exc
+        return new_header + body
 
     def __repr__(self) -> str:
         return f"EntryCodec({self.serializer!r})"
+
+
+def _times(flags: int, expires_at: float, stale_at: float) -> tuple[float | None, float | None]:
+    """The header's times (``None`` where the flag is clear); non-finite ones are corrupt."""
+    expires = expires_at if flags & _HAS_EXPIRES else None
+    stale = stale_at if flags & _HAS_STALE else None
+    if (expires is not None and not math.isfinite(expires)) or (
+        stale is not None and not math.isfinite(stale)
+    ):
+        raise DeserializationError(
+            f"envelope header holds a time that is not a finite number "
+            f"(expires_at={expires!r}, stale_at={stale!r})"
+        )
+    return expires, stale

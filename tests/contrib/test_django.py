@@ -547,9 +547,11 @@ def test_payloads_are_signed_by_default(redis_location: str, raw_redis: t.Any) -
     mac, body = raw[HEADER : HEADER + MAC], raw[HEADER + MAC :]
     assert pickle.loads(body) == ["value"]
     derived = hmac.new(SIGNING_SALT, settings.SECRET_KEY.encode(), hashlib.sha256).digest()
-    assert mac == hmac.new(derived, body, hashlib.sha256).digest()
+    # The MAC covers the envelope header as well as the payload.
+    signed = b"tieredcache.signed.v2\x00" + HEADER.to_bytes(4, "big") + raw[:HEADER] + body
+    assert mac == hmac.new(derived, signed, hashlib.sha256).digest()
     # the raw SECRET_KEY is not the signing key
-    assert mac != hmac.new(settings.SECRET_KEY.encode(), body, hashlib.sha256).digest()
+    assert mac != hmac.new(settings.SECRET_KEY.encode(), signed, hashlib.sha256).digest()
 
 
 def test_a_forged_payload_is_a_miss(redis_location: str, raw_redis: t.Any) -> None:

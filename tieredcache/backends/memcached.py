@@ -51,6 +51,7 @@ try:
     from pymemcache.exceptions import MemcacheError
     from pymemcache.exceptions import MemcacheServerError
     from pymemcache.exceptions import MemcacheUnexpectedCloseError
+    from pymemcache.exceptions import MemcacheUnknownError
 except ImportError as exc:  # pragma: no cover - pymemcache is a dependency of tieredcache
     raise ConfigurationError(
         "MemcachedBackend needs the pymemcache package: pip install pymemcache"
@@ -326,7 +327,7 @@ class MemcachedBackend(Backend):
         """The server-side expiry of an entry: whole seconds, rounded up, never 0."""
         if expires_at is None:
             return 0
-        seconds = max(1, math.ceil(expires_at - now))
+        seconds = max(1, math.ceil(min(expires_at - now, float(_MAX_EXPTIME))))
         if seconds <= _RELATIVE_LIMIT:
             return seconds
         # memcached reads longer expiries as unix times, on the server's clock, which the
@@ -467,8 +468,8 @@ class MemcachedBackend(Backend):
             now = self.timer()
             if current is None or current.expired(now):
                 return False
-            header = EntryCodec.header(expires_at, current.stale_at, current.version)
-            new_data = header + data[EntryCodec.header_size :]
+            # Verified above; a signed payload is signed again under its new header.
+            new_data = self._codec.retime(data, expires_at)
             stored = client.cas(
                 skey, new_data, cas, expire=self._expire(expires_at, now), noreply=False
             )
@@ -530,6 +531,13 @@ class MemcachedBackend(Backend):
             return BackendResponseError(f"server error: {_describe(exc)}", backend=self.name)
         if isinstance(exc, MemcacheClientError):
             return BackendResponseError(f"client error: {_describe(exc)}", backend=self.name)
+        if isinstance(exc, MemcacheUnknownError):
+            # A reply that is not memcached's protocol: the connection (or the server at
+            # that address) cannot be used, whatever the key.
+            return BackendUnavailableError(
+                f"{where} answered outside the memcached protocol: {_describe(exc)}",
+                backend=self.name,
+            )
         return BackendError(_describe(exc), backend=self.name)
 
     def _where(self, exc: BaseException) -> str:

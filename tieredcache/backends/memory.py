@@ -34,11 +34,13 @@ from tieredcache.backends.base import _check_key
 from tieredcache.backends.base import _check_keys
 from tieredcache.backends.base import _unique_keys
 from tieredcache.backends.base import logger
+from tieredcache.backends.sizing import deep_sizeof
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
 from tieredcache.entry import next_version
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
+from tieredcache.errors import SerializationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.serializers import PickleSerializer
 from tieredcache.serializers import Serializer
@@ -48,9 +50,15 @@ __all__ = ["MemoryBackend"]
 _POLICIES = ("lru", "lfu", "fifo")
 _READ_BUFFER = 256
 _CORRUPT_VALUE = object()  # what _thaw_value returns for a payload that does not decode
-# The read map's slot, the Entry, and the order's slot, node and size: measured with
-# tracemalloc at 230-290 bytes an entry (CPython 3.11, 64-bit), beyond the key and the value.
-_ENTRY_OVERHEAD = 270
+# An entry's own objects, beyond its key and value: the Entry and its version (an int that is
+# never shared). Its expiry and stale time are floats; the order keeps its size as an int,
+# which CPython shares when it is at most 256.
+_ENTRY_BYTES = sys.getsizeof(Entry(None)) + deep_sizeof(next_version())
+_SIZE_INT_BYTES = deep_sizeof(2**20)
+_SHARED_INT_MAX = 256
+_FLOAT_BYTES = sys.getsizeof(0.5)
+# How many stores the LFU order reuses the size of its frequency links before walking them again.
+_LINKS_REFRESH = 32
 
 
 class _LinkedOrder:
@@ -73,6 +81,10 @@ class _LinkedOrder:
 
     def keys(self) -> t.KeysView[str]:
         return self._od.keys()
+
+    def structure_bytes(self) -> int:
+        """The bytes of the order itself: its table and its nodes."""
+        return sys.getsizeof(self._od)
 
     def __setitem__(self, key: str, size: int) -> None:
         od = self._od
@@ -121,6 +133,24 @@ def _lfu_order(maxsize: float, getsizeof: t.Any = None) -> t.Any:
         def __init__(self) -> None:
             super().__init__(maxsize, getsizeof)
             self.evicted: list[str] = []
+            self._maps = [m for m in vars(self).values() if type(m) is dict]
+            self._links_bytes = 0
+            self._links_age = _LINKS_REFRESH
+
+        def structure_bytes(self) -> int:
+            """The bytes of the order itself: its maps, and its frequency links (walked
+            again every few stores: there is one per distinct use count)."""
+            self._links_age += 1
+            if self._links_age >= _LINKS_REFRESH:
+                self._links_age = 0
+                root = vars(self).get("_LFUCache__root")
+                total = 0
+                link = root.next if root is not None else None
+                while link is not None and link is not root:
+                    total += sys.getsizeof(link) + sys.getsizeof(link.keys)
+                    link = link.next
+                self._links_bytes = total
+            return sum(map(sys.getsizeof, self._maps)) + self._links_bytes
 
         def popitem(self) -> tuple[str, int]:
             key, size = super().popitem()
@@ -138,19 +168,6 @@ def _lfu_order(maxsize: float, getsizeof: t.Any = None) -> t.Any:
                     self[key]
 
     return _Order()
-
-
-def _estimate_size(value: t.Any) -> int:
-    if isinstance(value, (bytes, bytearray, str)) or value is None:
-        return sys.getsizeof(value)  # exact
-    if isinstance(value, memoryview):
-        return sys.getsizeof(value) + value.nbytes
-    if isinstance(value, (bool, int, float)):
-        return sys.getsizeof(value)
-    try:
-        return len(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
-    except Exception:
-        return sys.getsizeof(value)
 
 
 class MemoryBackend(Backend):
@@ -199,6 +216,9 @@ class MemoryBackend(Backend):
         self._data: dict[str, Entry] = {}
         self._order: t.Any
         bound = maxsize if max_bytes is None else max_bytes
+        # LFU's frequency lists keep the key object of the last read, which is another copy
+        # of the key whenever the reader built its own string: count the key twice.
+        self._key_bytes = 2 if policy == "lfu" else 1
         if policy == "lfu":
             self._order = _lfu_order(bound, None if max_bytes is None else _identity)
         else:
@@ -351,7 +371,12 @@ class MemoryBackend(Backend):
                     return pickle.loads(stored.value)
                 except Exception as exc:
                     raise DeserializationError(f"cannot unpickle payload: {exc!r}") from exc
-            return serializer.loads(stored.value)
+            try:
+                return serializer.loads(stored.value)
+            except DeserializationError:
+                raise
+            except Exception as exc:  # a serializer of the caller's own that raised anything
+                raise DeserializationError(f"cannot decode payload: {exc!r}") from exc
         except DeserializationError as exc:
             self._counters.slot()[_CORRUPT] += 1
             logger.warning("memory: discarding an undecodable value for %r: %s", key, exc)
@@ -378,12 +403,19 @@ class MemoryBackend(Backend):
     def _freeze(self, entry: Entry) -> tuple[Entry, int]:
         """The entry as stored, and its size in bytes (0 when there is no byte bound)."""
         if self.serializer is not None:
-            payload = self.serializer.dumps(entry.value)
+            try:
+                payload = self.serializer.dumps(entry.value)
+            except SerializationError:
+                raise
+            except Exception as exc:  # a serializer of the caller's own that raised anything
+                raise SerializationError(
+                    f"cannot serialize {type(entry.value).__name__}: {exc!r}"
+                ) from exc
             stored = Entry(payload, entry.expires_at, entry.version, entry.stale_at)
-            return stored, (sys.getsizeof(payload) + _ENTRY_OVERHEAD if self.max_bytes else 0)
+            return stored, (_entry_bytes(stored, sys.getsizeof(payload)) if self.max_bytes else 0)
         if self.max_bytes is None:
             return entry, 0
-        return entry, _estimate_size(entry.value) + _ENTRY_OVERHEAD
+        return entry, _entry_bytes(entry, deep_sizeof(entry.value))
 
     def _store_locked(self, key: str, stored: Entry, size: int) -> None:
         order = self._order
@@ -395,14 +427,31 @@ class MemoryBackend(Backend):
         if self.max_bytes is None:
             order[key] = 1
         else:
-            order[key] = size + sys.getsizeof(key)
+            # The bound covers the entries and the tables that hold them (the read map's
+            # and the order's, which grow in steps and do not shrink when entries go).
+            size += self._key_bytes * sys.getsizeof(key) + _SIZE_INT_BYTES
+            if size <= _SHARED_INT_MAX:
+                size -= _SIZE_INT_BYTES
+            room = self.max_bytes - self._structure_bytes_locked()
+            while order.currsize + size > room and len(order):
+                order.popitem()
+            order[key] = size
             while len(order) > self.maxsize:
+                order.popitem()
+            self._data[key] = stored
+            room = self.max_bytes - self._structure_bytes_locked()
+            while order.currsize > room and len(order) > 1:  # a table grew: make room
                 order.popitem()
         self._data[key] = stored
         if order.evicted:
             for gone in order.evicted:
                 self._data.pop(gone, None)
             order.evicted.clear()
+
+    def _structure_bytes_locked(self) -> int:
+        """The bytes of the read map, the read buffer and the eviction order themselves."""
+        reads = sys.getsizeof(self._reads) if self._reads is not None else 0
+        return sys.getsizeof(self._data) + reads + int(self._order.structure_bytes())
 
     def _check_size(self, key: str, size: int) -> None:
         if self.max_bytes is not None and size + sys.getsizeof(key) > self.max_bytes:
@@ -529,6 +578,16 @@ class MemoryBackend(Backend):
     def __repr__(self) -> str:
         bound = f", max_bytes={self.max_bytes}" if self.max_bytes else ""
         return f"<MemoryBackend maxsize={self.maxsize}{bound} policy={self.policy}>"
+
+
+def _entry_bytes(entry: Entry, value_bytes: int) -> int:
+    """What one entry holds beyond its key: the value, the Entry and its own numbers."""
+    size = _ENTRY_BYTES + value_bytes
+    if entry.expires_at is not None:
+        size += _FLOAT_BYTES
+    if entry.stale_at is not None:
+        size += _FLOAT_BYTES
+    return size
 
 
 def _identity(size: int) -> int:

@@ -74,6 +74,7 @@ _HEALTH_CHECK_INTERVAL = 30
 # Float noise: at epoch magnitudes a double resolves about 0.24 µs, so ``(now + 0.25) - now``
 # may come out a hair above 250 ms; ceil() must not turn that into 251.
 _PX_SLACK_MS = 0.001
+_MAX_PX = float(2**62)  # ms; far beyond any TTL that validate_ttl lets through
 
 # The Lua scripts read the envelope header laid out by EntryCodec: magic b"TC", format 1,
 # flags (bit 1: has expires_at), expires_at, stale_at (big-endian doubles), version (int64).
@@ -87,9 +88,17 @@ _ADD_SCRIPT = r"""
 local current = redis.call('GET', KEYS[1])
 if current and #current >= 28 and string.sub(current, 1, 3) == 'TC\1' then
   local flags = string.byte(current, 4)
-  if flags % 2 == 0 then return 0 end
   local expires_at = struct.unpack('>d', current, 5)
-  if expires_at > tonumber(ARGV[2]) then return 0 end
+  local stale_at = struct.unpack('>d', current, 13)
+  -- A time that is not a finite number (NaN, infinities) is a corrupt header: absent.
+  local corrupt = (flags % 2 == 1 and (expires_at ~= expires_at or expires_at == math.huge
+      or expires_at == -math.huge))
+    or (flags % 4 >= 2 and (stale_at ~= stale_at or stale_at == math.huge
+      or stale_at == -math.huge))
+  if not corrupt then
+    if flags % 2 == 0 then return 0 end
+    if expires_at > tonumber(ARGV[2]) then return 0 end
+  end
 end
 if ARGV[3] == '' then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -107,7 +116,15 @@ if not current or #current < 28 or string.sub(current, 1, 3) ~= 'TC\1' then retu
 local flags = string.byte(current, 4)
 if flags % 2 == 1 then
   local expires_at = struct.unpack('>d', current, 5)
+  -- A time that is not a finite number (NaN, infinities) is a corrupt header: absent.
+  if expires_at ~= expires_at or expires_at == math.huge or expires_at == -math.huge then
+    return 0
+  end
   if expires_at <= tonumber(ARGV[1]) then return 0 end
+end
+if flags % 4 >= 2 then
+  local stale_at = struct.unpack('>d', current, 13)
+  if stale_at ~= stale_at or stale_at == math.huge or stale_at == -math.huge then return 0 end
 end
 flags = flags - (flags % 2) + tonumber(ARGV[2])
 local updated = string.sub(current, 1, 3) .. string.char(flags) .. ARGV[3]
@@ -266,20 +283,31 @@ class RedisBackend(Backend):
         """The server-side expiry in ms from now by the backend's clock (``None``: none)."""
         if expires_at is None:
             return None
-        return max(1, math.ceil((expires_at - self.timer()) * 1000.0 - _PX_SLACK_MS))
+        # Capped so that Redis accepts it (its absolute expiry must fit a signed 64-bit
+        # count of ms); the envelope keeps the exact expiry.
+        ms = min((expires_at - self.timer()) * 1000.0 - _PX_SLACK_MS, _MAX_PX)
+        return max(1, math.ceil(ms))
 
     # -- hooks ------------------------------------------------------------------------
 
     def _get(self, key: str) -> Entry | None:
         full = self._key(key)
         direct = self._direct
-        if direct is None:
-            data = self._client.get(full)
-        else:
-            try:
-                data = direct.call(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(full), full))
-            except _RETRY_THROUGH_CLIENT:
+        try:
+            if direct is None:
                 data = self._client.get(full)
+            else:
+                try:
+                    data = direct.call(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(full), full))
+                except _RETRY_THROUGH_CLIENT:
+                    data = self._client.get(full)
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            # Someone else's list, hash, ... under this key: not an entry, so a miss, counted
+            # and logged like any payload that is not an envelope (MGET reads it as nil).
+            self._corrupt(key, DeserializationError(f"the key holds another Redis type: {exc}"))
+            return None
         if data is None:
             return None
         return self._decode(self.codec, key, data)
@@ -343,6 +371,9 @@ class RedisBackend(Backend):
 
     def _add(self, key: str, entry: Entry) -> bool:
         data = self.codec.encode(entry)
+        if self.codec.signs:
+            # Only a verified entry counts as present, and only the client can verify.
+            return self._add_signed(key, data, entry.expires_at)
         px = self._px(entry.expires_at)
         args: list[bytes | str] = [data, repr(float(self.timer())), "" if px is None else str(px)]
         return bool(self._add_script(keys=[self._key(key)], args=args))
@@ -384,6 +415,9 @@ class RedisBackend(Backend):
                     continue  # another writer got in between: read again
 
     def _touch(self, key: str, expires_at: float | None) -> bool:
+        if self.codec.signs:
+            # The signature covers the header: only a holder of the secret can rewrite it.
+            return self._touch_signed(key, expires_at)
         px = self._px(expires_at)
         args: list[bytes | str] = [
             repr(float(self.timer())),
@@ -392,6 +426,43 @@ class RedisBackend(Backend):
             "" if px is None else str(px),
         ]
         return bool(self._touch_script(keys=[self._key(key)], args=args))
+
+    def _add_signed(self, key: str, data: bytes, expires_at: float | None) -> bool:
+        """``add`` over signed envelopes: read and verify, then write under WATCH."""
+        full = self._key(key)
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(full)
+                    current = pipe.get(full)
+                    held = None if current is None else self._decode(self.codec, key, current)
+                    if held is not None and not held.expired(self.timer()):
+                        return False
+                    pipe.multi()
+                    pipe.set(full, data, px=self._px(expires_at))
+                    pipe.execute()
+                    return True
+                except redis.exceptions.WatchError:
+                    continue  # another writer got in between: read again
+
+    def _touch_signed(self, key: str, expires_at: float | None) -> bool:
+        """``touch`` of a signed envelope: read, verify, re-sign and write back under WATCH."""
+        full = self._key(key)
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(full)
+                    data = pipe.get(full)
+                    entry = None if data is None else self._decode(self.codec, key, data)
+                    if entry is None or entry.expired(self.timer()):
+                        return False
+                    updated = self.codec.retime(data, expires_at)
+                    pipe.multi()
+                    pipe.set(full, updated, px=self._px(expires_at))
+                    pipe.execute()
+                    return True
+                except redis.exceptions.WatchError:
+                    continue  # another writer got in between: read again
 
     def _clear(self) -> None:
         pattern = _glob_escape(self._prefix_bytes) + b"*"
@@ -654,23 +725,35 @@ lifecycle.on_fork(_forget_direct_connections_after_fork, lifecycle.Stage.CONNECT
 # -- errors ---------------------------------------------------------------------------
 
 
+# Failures of the server or of the way to it: the tier cannot answer now. A ConnectionError
+# covers BusyLoadingError, AuthenticationError, MaxConnectionsError (pool exhausted),
+# MaxClientsReachedError and MasterNotFoundError; InvalidResponse is a connection whose
+# protocol stream broke; CLUSTERDOWN, MASTERDOWN and TRYAGAIN are a cluster that cannot serve
+# the slot now, although they arrive as error replies.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.InvalidResponse,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
+
+
 def _translate(exc: BaseException, target: str) -> BackendError:
     """The most specific ``BackendError`` for a driver exception."""
     message = f"{type(exc).__name__}: {exc} ({target})"
     cls: type[BackendError]
     if isinstance(exc, (redis.exceptions.TimeoutError, TimeoutError)):
         cls = BackendTimeoutError
-    elif isinstance(
-        exc,
-        (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException, OSError),
-    ):
-        # BusyLoadingError, AuthenticationError, MaxConnectionsError (pool exhausted) and
-        # MasterNotFoundError are ConnectionErrors too.
+    elif isinstance(exc, _UNAVAILABLE):
         cls = BackendUnavailableError
     elif isinstance(exc, redis.exceptions.ResponseError):
+        # The server answered about this command (WRONGTYPE, OOM, READONLY, NOSCRIPT...):
+        # that key's error, not a sign that the server is down.
         cls = BackendResponseError
     else:
-        cls = BackendError
+        cls = BackendError  # a client-side error (DataError...): neither of the above
     return cls(message, backend=RedisBackend.name)
 
 

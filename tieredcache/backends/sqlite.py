@@ -275,14 +275,15 @@ class SQLiteBackend(Backend):
                 return False
             data = rows[0][0]
             try:
-                old_expires_at, stale_at, version = EntryCodec.read_header(data)
-            except DeserializationError:
+                old_expires_at = EntryCodec.read_header(data)[0]
+                if old_expires_at is not None and old_expires_at <= now:
+                    return False
+                # A signed payload is verified and signed again under its new header.
+                updated = self._codec.retime(data, expires_at)
+            except DeserializationError as exc:
+                self._corrupt(key, exc)
                 return False
-            if old_expires_at is not None and old_expires_at <= now:
-                return False
-            header = EntryCodec.header(expires_at, stale_at, version)
-            body = memoryview(data)[EntryCodec.header_size :]
-            conn.execute(self._sql.retime, (header + body, expires_at, key))
+            conn.execute(self._sql.retime, (updated, expires_at, key))
         return True
 
     def _delete(self, key: str) -> bool:

@@ -143,7 +143,7 @@ class L2Gate:
         #: Run replays and announcements on the gate's own worker thread. Tests that drive
         #: them step by step (:meth:`replay`, :meth:`send_announcements`) turn it off.
         self.background = True
-        self.log = RateLimitedLog(logger)
+        self.log = RateLimitedLog(logger=logger)
         self.replayed = 0
         self.replay_dropped = 0
         self.replay_superseded = 0
