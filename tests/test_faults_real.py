@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import typing as t
@@ -20,6 +23,8 @@ import redis
 from tieredcache import CircuitBreaker
 from tieredcache import MemoryBackend
 from tieredcache import OptimisticParallelWrite
+from tieredcache import ParallelRead
+from tieredcache import RaceRead
 from tieredcache import RaceWrite
 from tieredcache import RedisBackend
 from tieredcache import SequentialWrite
@@ -47,17 +52,19 @@ def _call_bound(cache: TieredCache) -> float:
 
 # == 1. fork after use =====================================================================
 
-POLICIES = {
-    "sequential": SequentialWrite,
-    "parallel": OptimisticParallelWrite,
-    "race-offload": RaceWrite,
-    "race-drop": lambda: RaceWrite(LoserPolicy.DROP),
+POLICIES: dict[str, dict[str, t.Any]] = {
+    "sequential": {"write": SequentialWrite()},
+    "parallel": {"write": OptimisticParallelWrite()},
+    "race-offload": {"write": RaceWrite()},
+    "race-drop": {"write": RaceWrite(LoserPolicy.DROP)},
+    "race-read": {"read": RaceRead(), "write": OptimisticParallelWrite()},
+    "parallel-read": {"read": ParallelRead(), "write": RaceWrite()},
 }
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_a_cache_used_before_fork_works_in_the_child(redis_url: str, policy: str) -> None:
-    cache = TieredCache(MemoryBackend(), RedisBackend.from_url(redis_url), write=POLICIES[policy]())
+    cache = TieredCache(MemoryBackend(), RedisBackend.from_url(redis_url), **POLICIES[policy])
     prefix = uuid.uuid4().hex
     # Use everything before the fork: the executor, the offload, the ordering table.
     for i in range(20):
@@ -78,6 +85,9 @@ def test_a_cache_used_before_fork_works_in_the_child(redis_url: str, policy: str
             )
             expected = 20 if policy != "race-drop" else len(landed)
             ok = drained and len(landed) == expected and cache.get(f"{prefix}:child7") == 7
+            cache.l1.clear()  # the reads go to L2 through the read policy
+            read_back = cache.get_many([f"{prefix}:parent{i}" for i in range(20)])
+            ok = ok and (policy == "race-drop" or len(read_back) == 20)
             status = b"ok" if ok else f"drained={drained} landed={len(landed)}".encode()
         except BaseException as exc:  # report anything, never hang the parent
             status = repr(exc).encode()
@@ -356,3 +366,42 @@ def test_get_or_set_reads_l2_once_before_loading(redis_url: str) -> None:
         assert counting.count("get") == 1
     finally:
         cache.close()
+
+
+# == nothing is lost at interpreter exit =====================================================
+
+
+def test_writes_waiting_for_replay_land_at_interpreter_exit(tmp_path: t.Any) -> None:
+    path = tmp_path / "l2.sqlite"
+    code = f"""
+        from tieredcache import MemoryBackend, SQLiteBackend, TieredCache
+        from tieredcache.testing.faults import FaultyBackend
+
+        l2 = FaultyBackend(SQLiteBackend({str(path)!r}), "l2")
+        cache = TieredCache(MemoryBackend(), l2, fail_open=True)
+        cache.gate.background = False  # only the exit hook may replay
+        l2.fail("set", "delete")
+        cache.set("written", "during the outage")
+        cache.delete("gone")
+        assert cache.stats()["replay_pending"] == 2
+        l2.recover()
+        # no close(), no replay(): the script just ends
+    """
+    from tieredcache import SQLiteBackend
+
+    with SQLiteBackend(str(path)) as seed:
+        seed.set("gone", "before the outage")
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    with SQLiteBackend(str(path)) as check:
+        assert check.get("written") == "during the outage"
+        assert check.get("gone") is None
