@@ -358,15 +358,14 @@ class L2Gate:
         """The L2 part of a set of ``items`` at ``seq``."""
 
         def op(live: list[str]) -> None:
-            chosen = {k: items[k] for k in live}
-            try:
-                if self._failed_while_waiting():
-                    raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
-                self.call(self.l2.set_entries, chosen)
-            except BackendUnavailableError as exc:
-                self._unavailable(live, seq, exc, set_replay(items))
-                return
-            self.landed("set", live, seq)
+            self._write(
+                "set",
+                live,
+                seq,
+                set_replay(items),
+                self.l2.set_entries,
+                {k: items[k] for k in live},
+            )
 
         return op
 
@@ -374,17 +373,31 @@ class L2Gate:
         """The L2 part of a delete at ``seq``; returns the keys L2 held."""
 
         def op(live: list[str]) -> list[str]:
-            try:
-                if self._failed_while_waiting():
-                    raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
-                deleted: list[str] = self.call(self.l2.delete_each, live)
-            except BackendUnavailableError as exc:
-                self._unavailable(live, seq, exc, delete_replay)
-                return []
-            self.landed("delete", live, seq)
-            return deleted
+            deleted = self._write("delete", live, seq, delete_replay, self.l2.delete_each, live)
+            return [] if deleted is None else t.cast("list[str]", deleted)
 
         return op
+
+    def _write(
+        self,
+        kind: str,
+        live: list[str],
+        seq: int,
+        replay: ReplayFactory,
+        fn: t.Callable[..., T],
+        *args: t.Any,
+    ) -> T | None:
+        """Call ``fn(*args)`` on L2 for the ``live`` keys of a write at ``seq``; announce it
+        once it landed, or queue it for replay (fail-open) when L2 is unavailable."""
+        try:
+            if self._failed_while_waiting():
+                raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
+            result = self.call(fn, *args)
+        except BackendUnavailableError as exc:
+            self._unavailable(live, seq, exc, replay)
+            return None
+        self.landed(kind, live, seq)
+        return result
 
     def touch_op(
         self, key: str, expires_at: float | None, seq: int

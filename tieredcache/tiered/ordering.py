@@ -210,14 +210,7 @@ class WriteSlot:
         timeout: float | None = None,
     ) -> Leg:
         """Hand one leg out (to a policy, maybe another thread); it ends when run or discarded."""
-        if self._left <= 0:
-            raise RuntimeError("more legs handed out than the write registered")
-        self._left -= 1
-        keys, states, ordering = self.keys, self.states, self._ordering
-        return Leg(
-            lambda: self.guarded(tier, op, timeout=timeout),
-            lambda: ordering.end_leg(keys, states),
-        )
+        return self.custom_leg(lambda: self.guarded(tier, op, timeout=timeout))
 
     def custom_leg(self, fn: t.Callable[[], object]) -> Leg:
         """Hand out one leg that runs ``fn`` (which calls :meth:`guarded` itself)."""
