@@ -30,6 +30,7 @@ import collections
 import dataclasses
 import math
 import os
+import re
 import struct
 import threading
 import typing as t
@@ -46,6 +47,7 @@ from tieredcache.errors import BackendTimeoutError
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
+from tieredcache.keyglob import compile_glob
 from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import Serializer
 
@@ -402,6 +404,31 @@ class RedisBackend(Backend):
                 # No prefix: the database may hold other data; remove only our envelopes.
                 self._unlink_envelopes(batch)
 
+    def _match(self, pattern: str) -> bytes:
+        """The ``SCAN MATCH`` pattern for a key pattern: within this backend's prefix."""
+        if "[!" in pattern:  # Redis negates a set with "^" only
+            pattern = re.sub(r"(?<!\\)\[!", "[^", pattern)
+        return _glob_escape(self._prefix_bytes) + pattern.encode("utf-8", "surrogatepass")
+
+    def _iter_keys(self, pattern: str) -> t.Iterator[str]:
+        match = compile_glob(pattern).match
+        skip = len(self._prefix_bytes)
+        for batch in self._scan(self._match(pattern)):
+            for raw in batch:
+                key = raw[skip:].decode("utf-8", "surrogatepass")
+                if match(key):  # the server matched bytes; check the text too
+                    yield key
+
+    def _invalidate_pattern(self, pattern: str) -> int:
+        deleted = 0
+        for batch in self._scan(self._match(pattern)):
+            if not self._prefix_bytes:
+                # No prefix: the database may hold other data; remove only our envelopes.
+                deleted += self._unlink_envelopes(batch)
+            else:
+                deleted += int(self._client.unlink(*batch))
+        return deleted
+
     def _scan(self, pattern: bytes) -> t.Iterator[list[bytes]]:
         """The keys matching ``pattern``, one SCAN batch at a time."""
         if self._cluster:
@@ -423,15 +450,13 @@ class RedisBackend(Backend):
             if not cursor:
                 return
 
-    def _unlink_envelopes(self, keys: list[bytes]) -> None:
+    def _unlink_envelopes(self, keys: list[bytes]) -> int:
         if not self._cluster:
-            self._clear_script(keys=keys)
-            return
+            return int(self._clear_script(keys=keys))
         by_slot: dict[int, list[bytes]] = {}
         for key in keys:  # a script's keys must share one slot in a cluster
             by_slot.setdefault(self._client.keyslot(key), []).append(key)
-        for group in by_slot.values():
-            self._clear_script(keys=group)
+        return sum(int(self._clear_script(keys=group)) for group in by_slot.values())
 
     def _close(self) -> None:
         if self._direct is not None:
