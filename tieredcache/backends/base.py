@@ -358,6 +358,9 @@ class Backend:
     def invalidate_pattern(self, pattern: str) -> int:
         """Delete every key matching the glob ``pattern`` (see :meth:`iter_keys`).
 
+        Only keys within this backend (its prefix, its table) are matched; in Redis every
+        matching key goes, whatever type its value has.
+
         :returns: how many keys were deleted.
         :raises UnsupportedOperationError: the store cannot list its keys (memcached).
         """

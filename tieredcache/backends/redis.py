@@ -421,12 +421,10 @@ class RedisBackend(Backend):
 
     def _invalidate_pattern(self, pattern: str) -> int:
         deleted = 0
+        # Unlike clear(), the caller names what to delete: every matching key within the
+        # prefix goes, whatever it holds (django-redis's hashes and sets too).
         for batch in self._scan(self._match(pattern)):
-            if not self._prefix_bytes:
-                # No prefix: the database may hold other data; remove only our envelopes.
-                deleted += self._unlink_envelopes(batch)
-            else:
-                deleted += int(self._client.unlink(*batch))
+            deleted += int(self._client.unlink(*batch))
         return deleted
 
     def _scan(self, pattern: bytes) -> t.Iterator[list[bytes]]:
@@ -450,13 +448,15 @@ class RedisBackend(Backend):
             if not cursor:
                 return
 
-    def _unlink_envelopes(self, keys: list[bytes]) -> int:
+    def _unlink_envelopes(self, keys: list[bytes]) -> None:
         if not self._cluster:
-            return int(self._clear_script(keys=keys))
+            self._clear_script(keys=keys)
+            return
         by_slot: dict[int, list[bytes]] = {}
         for key in keys:  # a script's keys must share one slot in a cluster
             by_slot.setdefault(self._client.keyslot(key), []).append(key)
-        return sum(int(self._clear_script(keys=group)) for group in by_slot.values())
+        for group in by_slot.values():
+            self._clear_script(keys=group)
 
     def _close(self) -> None:
         if self._direct is not None:
