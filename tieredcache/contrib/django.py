@@ -400,10 +400,13 @@ class TieredCache(DjangoRedisAPI, BaseCache):
     def clear(self) -> None:
         """Remove every entry of the shared cache, whatever its ``KEY_PREFIX``.
 
-        With Redis this deletes the keys under ``L2_PREFIX`` only; memcached cannot delete
-        by prefix and empties its servers, as Django's memcached backends do.
+        With Redis this deletes the keys under ``L2_PREFIX`` only, and also this alias's
+        hashes, sets and locks (the keys its ``KEY_PREFIX`` makes, in every version);
+        memcached cannot delete by prefix and empties its servers, as Django's memcached
+        backends do.
         """
         self._tiered.clear()
+        self._clear_structures()
 
     def close(self, **kwargs: t.Any) -> None:
         """Nothing to do: Django calls this after every request, and the L1, connection
@@ -428,9 +431,7 @@ class TieredCache(DjangoRedisAPI, BaseCache):
     ) -> list[t.Any]:
         return await sync_to_async(self.set_many, thread_sensitive=True)(data, timeout, version)
 
-    async def adelete_many(
-        self, keys: t.Iterable[t.Any], version: int | None = None
-    ) -> int | None:
+    async def adelete_many(self, keys: t.Iterable[t.Any], version: int | None = None) -> int | None:
         return await sync_to_async(self.delete_many, thread_sensitive=True)(keys, version)
 
     async def ahas_key(self, key: t.Any, version: int | None = None) -> bool:

@@ -32,7 +32,7 @@ from tieredcache.keyglob import escape_glob
 if t.TYPE_CHECKING:
     from tieredcache.tiered import TieredCache as CoreCache
 
-__all__ = ["DjangoRedisAPI"]
+__all__ = ["DjangoRedisAPI", "RedisClientAccess"]
 
 
 class DjangoRedisAPI:
@@ -149,6 +149,21 @@ class DjangoRedisAPI:
         return list(self.iter_keys(search, version=version))
 
     # -- Redis-only commands --------------------------------------------------------------
+
+    def _clear_structures(self) -> None:
+        """Delete this alias's Redis hashes, sets and locks (``clear()`` keeps other data)."""
+        try:
+            redis_l2 = self._redis()
+        except UnsupportedOperationError:
+            return
+        redis_l2.invalidate_pattern(self.key_func("*", escape_glob(self.key_prefix), "*"))
+
+    @property
+    def client(self) -> RedisClientAccess:
+        """django-redis's ``cache.client``, for its ``get_client()`` (the redis-py client of
+        the Redis L2) and ``make_key()``; django-redis's other client internals are not
+        there."""
+        return RedisClientAccess(self)
 
     def _redis(self) -> t.Any:
         from tieredcache.backends.redis import RedisBackend
@@ -345,6 +360,26 @@ class DjangoRedisAPI:
             value = self._decode(raw)
             if test is None or test(str(value)):
                 yield value
+
+
+class RedisClientAccess:
+    """What ``cache.client`` gives django-redis code: the raw redis-py client and keys."""
+
+    def __init__(self, cache: DjangoRedisAPI) -> None:
+        self._cache = cache
+
+    def get_client(self, write: bool = True, **_: t.Any) -> t.Any:
+        """The redis-py client of the Redis L2 (keys there carry the L2 prefix).
+
+        :raises UnsupportedOperationError: the L2 is not Redis.
+        """
+        return self._cache._redis().client
+
+    def make_key(self, key: t.Any, version: int | None = None, prefix: str | None = None) -> str:
+        """The key as the backend stores it (``KEY_PREFIX``, ``VERSION``, ``KEY_FUNCTION``)."""
+        prefix = self._cache.key_prefix if prefix is None else prefix
+        version = self._cache.version if version is None else version
+        return self._cache.key_func(key, prefix, version)
 
 
 def _seconds(timeout: t.Any) -> float:
