@@ -281,3 +281,29 @@ def test_delete_many_counts(cache: t.Any) -> None:
     cache.set_many({"a": 1, "b": 2})
     assert cache.delete_many(["a", "b", "c"]) == 2
     assert not cache.delete_many(key for key in ())
+
+
+def test_client_gives_the_raw_redis_client_and_keys(cache: t.Any) -> None:
+    cache.set("k", 1)
+    raw = cache.client.get_client(write=True)
+    assert raw.exists(cache.client.make_key("k")) == 1
+    assert cache.client.make_key("k", version=3) == ":3:k"
+
+
+def test_clear_removes_the_alias_structures_only(cache: t.Any, raw_redis: t.Any) -> None:
+    raw_redis.set(b"foreign", b"kept")
+    cache.sadd("s", 1)
+    cache.hset("h", "f", 1)
+    cache.set("k", 1)
+    cache.clear()
+    assert cache.scard("s") == 0 and cache.hlen("h") == 0 and cache.get("k") is None
+    assert raw_redis.get(b"foreign") == b"kept"
+
+
+@pytest.fixture
+def raw_redis(redis_url: str) -> t.Iterator[t.Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
