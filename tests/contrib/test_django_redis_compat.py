@@ -146,11 +146,13 @@ def test_ignore_exceptions_answers_defaults_and_logs(caplog: pytest.LogCaptureFi
     ):
         assert caches["default"].get("k", 1) == 1
     release_shared_caches()
-    with override_settings(
-        CACHES={"default": entry(unreachable, OPTIONS={"SOCKET_CONNECT_TIMEOUT": 0.5})}
+    with (
+        override_settings(
+            CACHES={"default": entry(unreachable, OPTIONS={"SOCKET_CONNECT_TIMEOUT": 0.5})}
+        ),
+        pytest.raises(BackendError),
     ):
-        with pytest.raises(BackendError):
-            caches["default"].get("k")
+        caches["default"].get("k")
 
 
 # == API =========================================================================================
