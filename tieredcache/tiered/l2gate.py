@@ -374,7 +374,7 @@ class L2Gate:
 
         def op(live: list[str]) -> list[str]:
             deleted = self._write("delete", live, seq, delete_replay, self.l2.delete_each, live)
-            return [] if deleted is None else t.cast("list[str]", deleted)
+            return [] if deleted is None else deleted
 
         return op
 
