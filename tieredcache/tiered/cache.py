@@ -208,6 +208,7 @@ class TieredCache(Backend):
         )
         self._refresher = Refresher(self, self._gate, self._ordering, self._counters, self._flights)
         if backplane is not None:
+            backplane.bind(l2)  # server-assisted invalidation tracks the L2's key prefix
             backplane.subscribe(self._on_invalidate, self._on_reset)
 
     # -- configuration helpers --------------------------------------------------------
