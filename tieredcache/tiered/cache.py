@@ -35,6 +35,10 @@ from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import BothLayersFailed
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import ValueTooLargeError
+from tieredcache.events import BACKPLANE_RESET
+from tieredcache.events import BREAKER_CLOSED
+from tieredcache.events import BREAKER_OPENED
+from tieredcache.events import Events
 from tieredcache.executor import default_executor
 from tieredcache.policies.base import PolicyContext
 from tieredcache.policies.base import tag_tier
@@ -113,6 +117,10 @@ class TieredCache(Backend):
     :param jitter: a fraction in ``[0, 1)``: each write's TTL is shortened by a random part
         of it, so entries written together do not all expire together.
     :param replay_limit: the most keys whose failed L2 writes wait for replay.
+
+    ``cache.events`` (:class:`~tieredcache.events.Events`) tells subscribers when the
+    breaker opens or closes, a replay is done, the backplane resets L1 or a stale value is
+    served; :meth:`stats` has the counters, :meth:`reset_stats` sets them to zero.
     """
 
     name = "tiered"
@@ -207,6 +215,12 @@ class TieredCache(Backend):
             on_partial_failure=self._report_l2_partial,
         )
         self._refresher = Refresher(self, self._gate, self._ordering, self._counters, self._flights)
+        self.events = events = Events()
+        self._gate.events = events
+        if breaker is not None:
+            name = breaker.name
+            breaker.on_open(lambda: events.emit(BREAKER_OPENED, breaker=name))
+            breaker.on_close(lambda: events.emit(BREAKER_CLOSED, breaker=name))
         if backplane is not None:
             backplane.bind(l2)  # server-assisted invalidation tracks the L2's key prefix
             backplane.subscribe(self._on_invalidate, self._on_reset)
@@ -792,6 +806,7 @@ class TieredCache(Backend):
             self.l1.clear()
         except Exception:
             logger.exception("tiered: flushing l1 after a backplane reset failed")
+        self.events.emit(BACKPLANE_RESET)
 
     # -- introspection ----------------------------------------------------------------
 
@@ -808,6 +823,31 @@ class TieredCache(Backend):
         if self.backplane is not None:
             figures["backplane"] = self.backplane.stats()
         return figures
+
+    def wrap_calls(
+        self,
+        l2: t.Callable[[str, t.Callable[[], t.Any]], t.Any] | None = None,
+        loader: t.Callable[[str, t.Callable[[], t.Any]], t.Any] | None = None,
+    ) -> None:
+        """Run each L2 call as ``l2(method_name, call)`` and each ``get_or_set`` loader as
+        ``loader(key, call)`` (for tracing, see :mod:`tieredcache.contrib.opentelemetry`)."""
+        if l2 is not None:
+            self._gate.wrap_calls(l2)
+        if loader is not None:
+            plain = self._refresher.run_loader
+
+            def run_loader(key: str, load: t.Callable[[], t.Any]) -> t.Any:
+                return loader(key, lambda: plain(key, load))
+
+            self._refresher.run_loader = run_loader  # type: ignore[assignment]
+
+    def reset_stats(self) -> None:
+        """Set the composition's counters, and each layer's, to zero."""
+        super().reset_stats()
+        self.l1.reset_stats()
+        self.l2.reset_stats()
+        self._reads.reset()
+        self._gate.reset_stats()
 
     def _check_invariants(self) -> None:
         """Assert internal consistency when no operation is in flight (for tests)."""

@@ -1,0 +1,124 @@
+"""
+OpenTelemetry
+=============
+
+:func:`instrument` reports a composition's figures (:mod:`.figures`) as OpenTelemetry
+metrics: observable counters and gauges whose callbacks read ``cache.stats()`` when the
+SDK collects, so cache calls pay nothing for them::
+
+    from tieredcache.contrib.opentelemetry import instrument
+
+    instrument(cache, name="default")            # the global MeterProvider
+    instrument(cache, name="default", spans=True)  # and a span per L2 call and loader
+
+Instrument names start with ``tieredcache.``; every point has a ``cache`` attribute (the
+``name`` given) beside the figure's own. With ``spans=True`` every L2 call
+(``tieredcache.l2.<method>``) and every ``get_or_set`` loader (``tieredcache.load``) runs in
+a span; without it nothing wraps the cache's calls. Install with
+``pip install tieredcache[otel]``.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from tieredcache.contrib.figures import COUNTER
+from tieredcache.contrib.figures import DESCRIPTIONS
+from tieredcache.contrib.figures import figures
+from tieredcache.errors import ConfigurationError
+
+try:
+    from opentelemetry import metrics
+    from opentelemetry import trace
+    from opentelemetry.metrics import CallbackOptions
+    from opentelemetry.metrics import Observation
+except ImportError as exc:  # pragma: no cover - an optional extra
+    raise ConfigurationError(
+        "tieredcache.contrib.opentelemetry needs opentelemetry-api: pip install 'tieredcache[otel]'"
+    ) from exc
+
+if t.TYPE_CHECKING:
+    from tieredcache.tiered.cache import TieredCache
+
+__all__ = ["PREFIX", "Instrumentation", "instrument"]
+
+PREFIX = "tieredcache."
+"""The start of every instrument name."""
+
+
+class Instrumentation:
+    """What :func:`instrument` created for one cache."""
+
+    def __init__(self, cache: TieredCache, name: str, instruments: list[t.Any]) -> None:
+        self.cache = cache
+        self.name = name
+        self.instruments = instruments
+
+
+def instrument(
+    cache: TieredCache,
+    *,
+    meter_provider: t.Any = None,
+    name: str | None = None,
+    spans: bool = False,
+    tracer_provider: t.Any = None,
+) -> Instrumentation:
+    """Report ``cache``'s figures through OpenTelemetry (see the module docstring).
+
+    :param meter_provider: the ``MeterProvider`` (default: the global one).
+    :param name: the ``cache`` attribute of every point (default ``"default"``).
+    :param spans: also trace every L2 call and loader (opt-in).
+    :param tracer_provider: the ``TracerProvider`` for spans (default: the global one).
+    :raises ConfigurationError: ``name`` is not a non-empty str.
+    """
+    label = "default" if name is None else name
+    if not isinstance(label, str) or not label:
+        raise ConfigurationError("name must be a non-empty str")
+    from tieredcache import __version__
+
+    meter = metrics.get_meter("tieredcache", __version__, meter_provider=meter_provider)
+    instruments: list[t.Any] = []
+    for metric, (kind, _, text) in DESCRIPTIONS.items():
+        callback = _observer(cache, label, metric)
+        created: t.Any
+        if kind == COUNTER:
+            created = meter.create_observable_counter(
+                PREFIX + metric, callbacks=[callback], description=text
+            )
+        else:
+            created = meter.create_observable_gauge(
+                PREFIX + metric, callbacks=[callback], description=text
+            )
+        instruments.append(created)
+    if spans:
+        _trace(cache, label, trace.get_tracer("tieredcache", __version__, tracer_provider))
+    return Instrumentation(cache, label, instruments)
+
+
+def _observer(
+    cache: TieredCache, label: str, metric: str
+) -> t.Callable[[CallbackOptions], t.Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> t.Iterable[Observation]:
+        return [
+            Observation(figure.value, {"cache": label, **dict(figure.labels)})
+            for figure in figures(cache)
+            if figure.name == metric
+        ]
+
+    return observe
+
+
+def _trace(cache: TieredCache, label: str, tracer: t.Any) -> None:
+    def l2_call(method: str, call: t.Callable[[], t.Any]) -> t.Any:
+        with tracer.start_as_current_span(
+            f"{PREFIX}l2.{method}", attributes={"tieredcache.cache": label}
+        ):
+            return call()
+
+    def load(key: str, call: t.Callable[[], t.Any]) -> t.Any:
+        with tracer.start_as_current_span(
+            f"{PREFIX}load", attributes={"tieredcache.cache": label, "tieredcache.key": key}
+        ):
+            return call()
+
+    cache.wrap_calls(l2=l2_call, loader=load)
