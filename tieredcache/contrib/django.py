@@ -40,6 +40,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from tieredcache import tiered
 from tieredcache.contrib import config
+from tieredcache.contrib.metrics import enable_metrics
+from tieredcache.contrib.metrics import split_metrics
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
@@ -61,6 +63,14 @@ def _pickling() -> t.Iterator[None]:
         raise
     except SerializationError as exc:
         raise pickle.PicklingError(str(exc)) from exc
+
+
+def _metrics_options(options: Mapping[str, t.Any]) -> tuple[dict[str, t.Any], t.Any, t.Any]:
+    """OPTIONS without ``METRICS`` / ``METRICS_NAME``, and those two (see contrib.metrics)."""
+    try:
+        return split_metrics(options)
+    except ConfigurationError as exc:
+        raise ImproperlyConfigured(f"TieredCache: {exc}") from exc
 
 
 class TieredCache(BaseCache):
@@ -94,6 +104,7 @@ class TieredCache(BaseCache):
                 f"OPTIONS must be a mapping (a dict), not {type(options).__name__}"
             )
             raise ImproperlyConfigured(f"{type(self).__name__}: {problem}") from problem
+        options, metrics, metrics_name = _metrics_options(options)
         super().__init__(params)
         timeout = params.get("TIMEOUT", 300)
         try:
@@ -124,6 +135,7 @@ class TieredCache(BaseCache):
             self._tiered = config.shared_cache(
                 location, options, secret_key=secret or None, fallback_secrets=fallbacks
             )
+            enable_metrics(self._tiered, metrics, metrics_name)
         except ConfigurationError as exc:
             # The message names the problem; LOCATION itself may hold a password.
             raise ImproperlyConfigured(f"{type(self).__name__}: {exc}") from exc

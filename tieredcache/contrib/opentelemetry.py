@@ -20,8 +20,10 @@ a span; without it nothing wraps the cache's calls. Install with
 
 from __future__ import annotations
 
+import threading
 import typing as t
 
+from tieredcache import __version__
 from tieredcache.contrib.figures import COUNTER
 from tieredcache.contrib.figures import DESCRIPTIONS
 from tieredcache.contrib.figures import figures
@@ -74,33 +76,49 @@ def instrument(
     label = "default" if name is None else name
     if not isinstance(label, str) or not label:
         raise ConfigurationError("name must be a non-empty str")
-    from tieredcache import __version__
-
-    meter = metrics.get_meter("tieredcache", __version__, meter_provider=meter_provider)
-    instruments: list[t.Any] = []
-    for metric, (kind, _, text) in DESCRIPTIONS.items():
-        callback = _observer(cache, label, metric)
-        created: t.Any
-        if kind == COUNTER:
-            created = meter.create_observable_counter(
-                PREFIX + metric, callbacks=[callback], description=text
-            )
-        else:
-            created = meter.create_observable_gauge(
-                PREFIX + metric, callbacks=[callback], description=text
-            )
-        instruments.append(created)
+    with _lock:
+        key = id(meter_provider) if meter_provider is not None else None
+        observed = _observed.get(key)
+        if observed is None:
+            observed = _observed[key] = _Observed(meter_provider)
+        observed.caches[label] = cache
     if spans:
         _trace(cache, label, trace.get_tracer("tieredcache", __version__, tracer_provider))
-    return Instrumentation(cache, label, instruments)
+    return Instrumentation(cache, label, observed.instruments)
+
+
+class _Observed:
+    """The instruments of one meter provider, observing every cache instrumented on it
+    (an SDK keeps the first instrument of a name, so each is created once)."""
+
+    def __init__(self, meter_provider: t.Any) -> None:
+        self.caches: dict[str, TieredCache] = {}
+        meter = metrics.get_meter("tieredcache", __version__, meter_provider=meter_provider)
+        self.instruments: list[t.Any] = []
+        for metric, (kind, _, text) in DESCRIPTIONS.items():
+            create = (
+                meter.create_observable_counter
+                if kind == COUNTER
+                else meter.create_observable_gauge
+            )
+            self.instruments.append(
+                create(PREFIX + metric, callbacks=[_observer(self, metric)], description=text)
+            )
+
+
+_lock = threading.Lock()
+_observed: dict[int | None, _Observed] = {}
 
 
 def _observer(
-    cache: TieredCache, label: str, metric: str
+    observed: _Observed, metric: str
 ) -> t.Callable[[CallbackOptions], t.Iterable[Observation]]:
     def observe(options: CallbackOptions) -> t.Iterable[Observation]:
+        with _lock:
+            caches = list(observed.caches.items())
         return [
             Observation(figure.value, {"cache": label, **dict(figure.labels)})
+            for label, cache in caches
             for figure in figures(cache)
             if figure.name == metric
         ]

@@ -9,7 +9,9 @@ pay nothing for it::
     from prometheus_client import REGISTRY
     from tieredcache.contrib.prometheus import TieredCacheCollector
 
-    REGISTRY.register(TieredCacheCollector(cache, name="default"))
+    collector = TieredCacheCollector(cache, name="default")
+    collector.add(other_cache, name="sessions")
+    REGISTRY.register(collector)
 
 Every metric name starts with ``tieredcache_`` and carries a ``cache`` label (the ``name``
 given); counters end in ``_total``. Install with ``pip install tieredcache[prometheus]``.
@@ -24,6 +26,7 @@ own registry), and let Prometheus sum across targets (``sum without (instance)``
 
 from __future__ import annotations
 
+import threading
 import typing as t
 
 from tieredcache.contrib.figures import COUNTER
@@ -53,18 +56,33 @@ Family = t.Union[CounterMetricFamily, GaugeMetricFamily]
 
 
 class TieredCacheCollector(Collector):
-    """A ``prometheus_client`` collector of one composition's figures.
+    """A ``prometheus_client`` collector of compositions' figures. Thread-safe.
 
-    :param cache: the composition.
-    :param name: the value of the ``cache`` label (e.g. the Django cache alias).
+    Register one collector per registry and :meth:`add` every further cache to it (two
+    collectors on one registry would report the same metric names twice).
+
+    :param cache: the first composition (or ``None``: add them later).
+    :param name: the value of its ``cache`` label (e.g. the Django cache alias).
     :raises ConfigurationError: ``name`` is not a non-empty str.
     """
 
-    def __init__(self, cache: TieredCache, name: str = "default") -> None:
+    def __init__(self, cache: TieredCache | None = None, name: str = "default") -> None:
+        self._lock = threading.Lock()
+        self._caches: dict[str, TieredCache] = {}
+        if cache is not None:
+            self.add(cache, name)
+
+    def add(self, cache: TieredCache, name: str) -> None:
+        """Report ``cache`` too, labelled ``cache=name`` (a name already used is replaced)."""
         if not isinstance(name, str) or not name:
             raise ConfigurationError("name must be a non-empty str")
-        self.cache = cache
-        self.name = name
+        with self._lock:
+            self._caches[name] = cache
+
+    def names(self) -> list[str]:
+        """The ``cache`` labels reported."""
+        with self._lock:
+            return list(self._caches)
 
     def _families(self) -> dict[str, Family]:
         families: dict[str, Family] = {}
@@ -78,11 +96,14 @@ class TieredCacheCollector(Collector):
         yield from self._families().values()
 
     def collect(self) -> t.Iterator[Family]:
-        """One ``stats()`` snapshot as metric families."""
+        """One ``stats()`` snapshot per cache, as metric families."""
         families = self._families()
-        for figure in figures(self.cache):
-            labels = [self.name, *(value for _, value in figure.labels)]
-            families[figure.name].add_metric(labels, figure.value)
+        with self._lock:
+            caches = list(self._caches.items())
+        for name, cache in caches:
+            for figure in figures(cache):
+                labels = [name, *(value for _, value in figure.labels)]
+                families[figure.name].add_metric(labels, figure.value)
         for family in families.values():
             if family.samples:
                 yield family
