@@ -16,16 +16,13 @@ annotation. Subscribe with :meth:`Events.subscribe` on ``cache.events``::
     >>> unsubscribe()
     >>> cache.close()
 
-=====================  ===========================================================  ==========
-event                  when                                                         details
-=====================  ===========================================================  ==========
-``breaker_opened``     the L2's circuit breaker opened after repeated failures     ``breaker``
-``breaker_closed``     it closed again: L2 answers                                 ``breaker``
-``replay_done``        failed L2 writes queued under fail-open were replayed       ``replayed``
-``backplane_reset``    invalidations may have been missed: L1 was flushed
-``stale_served``       ``get_or_set`` served a stale value and scheduled a refresh  ``key``
-``loader_timeout``     a loader ran past its time limit                             ``key``
-=====================  ===========================================================  ==========
+- ``breaker_opened``: the L2's circuit breaker opened after repeated failures (details:
+  ``breaker``, its name);
+- ``breaker_closed``: it closed again, L2 answers (``breaker``);
+- ``replay_done``: the L2 writes queued under fail-open were replayed (``replayed``, how many);
+- ``backplane_reset``: invalidations may have been missed, so L1 was flushed;
+- ``stale_served``: ``get_or_set`` served a stale value and scheduled a refresh (``key``);
+- ``loader_timeout``: a loader ran past its time limit (``key``).
 
 Callbacks run on the thread where the event happened (a caller's, the L2 gate's worker, the
 backplane's subscriber), so they must be short. A callback's exception is logged and never

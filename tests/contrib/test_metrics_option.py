@@ -11,10 +11,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
+from tests.contrib.test_django import configure_django
 from tieredcache.contrib.config import release_shared_caches
 from tieredcache.contrib.flask import TieredCacheExtension
 from tieredcache.errors import ConfigurationError
-from tests.contrib.test_django import configure_django
 
 BACKEND = "tieredcache.contrib.django.TieredCache"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import typing as t
 
 if t.TYPE_CHECKING:
-    from tieredcache.tiered.cache import TieredCache
+    import tieredcache
 
 __all__ = ["BREAKER_STATES", "COUNTER", "GAUGE", "Figure", "describe", "figures"]
 
@@ -67,7 +67,7 @@ def describe(name: str) -> tuple[str, tuple[str, ...], str]:
     return DESCRIPTIONS[name]
 
 
-def figures(cache: TieredCache, stats: dict[str, t.Any] | None = None) -> list[Figure]:
+def figures(cache: tieredcache.TieredCache, stats: dict[str, t.Any] | None = None) -> list[Figure]:
     """Every figure of ``cache`` (from ``stats``, by default a fresh ``cache.stats()``)."""
     if stats is None:
         stats = cache.stats()

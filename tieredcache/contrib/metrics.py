@@ -17,7 +17,7 @@ import typing as t
 from tieredcache.errors import ConfigurationError
 
 if t.TYPE_CHECKING:
-    from tieredcache.tiered.cache import TieredCache
+    import tieredcache
 
 __all__ = ["METRICS", "enable_metrics", "split_metrics"]
 
@@ -26,7 +26,7 @@ METRICS = ("prometheus", "opentelemetry", "otel")
 
 _lock = threading.Lock()
 _collector: t.Any = None
-_enabled: dict[tuple[str, str], TieredCache] = {}
+_enabled: dict[tuple[str, str], tieredcache.TieredCache] = {}
 
 
 def split_metrics(
@@ -55,7 +55,9 @@ def split_metrics(
     return rest, kind, name
 
 
-def enable_metrics(cache: TieredCache, kind: str | None, name: str | None = None) -> None:
+def enable_metrics(
+    cache: tieredcache.TieredCache, kind: str | None, name: str | None = None
+) -> None:
     """Report ``cache`` through ``kind`` under ``name`` (default ``"default"``); idempotent.
 
     :raises ConfigurationError: an unknown ``kind``, or its library is not installed.

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - an optional extra
     ) from exc
 
 if t.TYPE_CHECKING:
-    from tieredcache.tiered.cache import TieredCache
+    import tieredcache
 
 __all__ = ["PREFIX", "Instrumentation", "instrument"]
 
@@ -51,14 +51,14 @@ PREFIX = "tieredcache."
 class Instrumentation:
     """What :func:`instrument` created for one cache."""
 
-    def __init__(self, cache: TieredCache, name: str, instruments: list[t.Any]) -> None:
+    def __init__(self, cache: tieredcache.TieredCache, name: str, instruments: list[t.Any]) -> None:
         self.cache = cache
         self.name = name
         self.instruments = instruments
 
 
 def instrument(
-    cache: TieredCache,
+    cache: tieredcache.TieredCache,
     *,
     meter_provider: t.Any = None,
     name: str | None = None,
@@ -92,7 +92,7 @@ class _Observed:
     (an SDK keeps the first instrument of a name, so each is created once)."""
 
     def __init__(self, meter_provider: t.Any) -> None:
-        self.caches: dict[str, TieredCache] = {}
+        self.caches: dict[str, tieredcache.TieredCache] = {}
         meter = metrics.get_meter("tieredcache", __version__, meter_provider=meter_provider)
         self.instruments: list[t.Any] = []
         for metric, (kind, _, text) in DESCRIPTIONS.items():
@@ -126,7 +126,7 @@ def _observer(
     return observe
 
 
-def _trace(cache: TieredCache, label: str, tracer: t.Any) -> None:
+def _trace(cache: tieredcache.TieredCache, label: str, tracer: t.Any) -> None:
     def l2_call(method: str, call: t.Callable[[], t.Any]) -> t.Any:
         with tracer.start_as_current_span(
             f"{PREFIX}l2.{method}", attributes={"tieredcache.cache": label}

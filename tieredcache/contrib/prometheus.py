@@ -45,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - an optional extra
     ) from exc
 
 if t.TYPE_CHECKING:
-    from tieredcache.tiered.cache import TieredCache
+    import tieredcache
 
 __all__ = ["PREFIX", "TieredCacheCollector"]
 
@@ -66,13 +66,13 @@ class TieredCacheCollector(Collector):
     :raises ConfigurationError: ``name`` is not a non-empty str.
     """
 
-    def __init__(self, cache: TieredCache | None = None, name: str = "default") -> None:
+    def __init__(self, cache: tieredcache.TieredCache | None = None, name: str = "default") -> None:
         self._lock = threading.Lock()
-        self._caches: dict[str, TieredCache] = {}
+        self._caches: dict[str, tieredcache.TieredCache] = {}
         if cache is not None:
             self.add(cache, name)
 
-    def add(self, cache: TieredCache, name: str) -> None:
+    def add(self, cache: tieredcache.TieredCache, name: str) -> None:
         """Report ``cache`` too, labelled ``cache=name`` (a name already used is replaced)."""
         if not isinstance(name, str) or not name:
             raise ConfigurationError("name must be a non-empty str")
