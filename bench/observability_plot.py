@@ -18,16 +18,16 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import redis  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
+import matplotlib.pyplot as plt
+import redis
+from prometheus_client import CollectorRegistry
 
-from tieredcache import MemoryBackend  # noqa: E402
-from tieredcache import RedisBackend  # noqa: E402
-from tieredcache import TieredCache  # noqa: E402
-from tieredcache.backplane import RedisBackplane  # noqa: E402
-from tieredcache.contrib.prometheus import TieredCacheCollector  # noqa: E402
-from tieredcache.testing.servers import RedisServer  # noqa: E402
+from tieredcache import MemoryBackend
+from tieredcache import RedisBackend
+from tieredcache import TieredCache
+from tieredcache.backplane import RedisBackplane
+from tieredcache.contrib.prometheus import TieredCacheCollector
+from tieredcache.testing.servers import RedisServer
 
 SECONDS = 6.0
 STEP = 0.1
