@@ -79,6 +79,8 @@ import weakref
 from tieredcache import lifecycle
 from tieredcache.errors import ConfigurationError
 from tieredcache.ratelog import RateLimitedLog
+from tieredcache.tracking import TRACKING_CHANNEL
+from tieredcache.tracking import ServerTracking
 
 try:
     import redis
@@ -132,6 +134,8 @@ _COUNTERS = (
     "connection_errors",
     "resets",
     "reconnects",
+    "tracked",
+    "tracked_flushes",
 )
 
 
@@ -139,6 +143,7 @@ _B = t.TypeVar("_B", bound="Backplane")
 
 _LOG_INTERVAL = 10.0  # seconds between two warnings of the same kind
 _thread_ids = itertools.count(1)
+_REDIS_MAJOR = int(redis.__version__.split(".")[0])  # protocol= exists from redis-py 5
 
 
 class Backplane:
@@ -191,6 +196,13 @@ class Backplane:
         """The id this backplane's messages carry (random; new after a fork)."""
         raise NotImplementedError
 
+    def bind(self, l2: t.Any) -> None:
+        """Learn the L2 of the composition that subscribes (called before :meth:`subscribe`).
+
+        A :class:`RedisBackplane` with ``tracking=True`` and no ``tracking_prefixes`` tracks
+        the L2 backend's key prefix. The default does nothing.
+        """
+
     @property
     def connected(self) -> bool:
         """True while the subscription is active."""
@@ -238,7 +250,15 @@ class RedisBackplane(Backplane):
     :param origin: the origin id (for tests); random by default. A forked child always
         takes a new random one.
     :param close_timeout: the most seconds :meth:`close` waits for the subscriber thread.
-    :raises ConfigurationError: a bad option.
+    :param tracking: also enable Redis server-assisted invalidation (``CLIENT TRACKING`` in
+        broadcast mode, see :mod:`tieredcache.tracking`) on the subscriber connection: keys
+        changed by *any* client, expired or evicted on the server, and flushes, evict L1
+        too. Needs Redis 6.0 or later and no cluster (the subscriber connection always
+        speaks RESP2).
+    :param tracking_prefixes: the Redis key-name prefixes tracked and stripped to give the
+        cache's keys; by default the L2 backend's ``prefix`` (see :meth:`bind`), or every
+        key when the backplane is used without a composition.
+    :raises ConfigurationError: a bad option, or ``tracking`` with a Redis Cluster client.
     """
 
     name = "redis"
@@ -255,7 +275,14 @@ class RedisBackplane(Backplane):
         health_interval: float | None = 5.0,
         origin: str | None = None,
         close_timeout: float = 5.0,
+        tracking: bool = False,
+        tracking_prefixes: t.Sequence[str] | None = None,
     ) -> None:
+        if not isinstance(tracking, bool):
+            raise ConfigurationError(f"tracking must be True or False, not {tracking!r}")
+        if tracking_prefixes is not None and not tracking:
+            raise ConfigurationError("tracking_prefixes needs tracking=True")
+        self._tracking = ServerTracking(tracking_prefixes) if tracking else None
         if not isinstance(channel, str) or not channel:
             raise ConfigurationError("channel must be a non-empty str")
         first, most = _check_backoff(reconnect_backoff)
@@ -268,6 +295,8 @@ class RedisBackplane(Backplane):
         self._closers: list[t.Callable[[], None]] = []
         if client is None:
             client, self._closers = _connect_url("redis://localhost:6379/0", {})
+        if self._tracking is not None:
+            _check_tracking_client(client, self._closers)
         self._client: t.Any = client
         self._channel = channel
         self._backoff = (float(first), float(most))
@@ -307,7 +336,8 @@ class RedisBackplane(Backplane):
 
         Takes the URLs :meth:`RedisBackend.from_url <tieredcache.RedisBackend.from_url>`
         takes. ``options`` are this class's keyword arguments (``reconnect_backoff``,
-        ``health_interval``, ``origin``, ``close_timeout``).
+        ``health_interval``, ``origin``, ``close_timeout``, ``tracking``,
+        ``tracking_prefixes``).
 
         :raises ConfigurationError: an unsupported URL or a bad option.
         :raises BackendUnavailableError: a cluster could not be reached.
@@ -342,6 +372,22 @@ class RedisBackplane(Backplane):
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def tracking(self) -> ServerTracking | None:
+        """The server-assisted invalidation settings, or ``None`` when it is off."""
+        return self._tracking
+
+    def bind(self, l2: t.Any) -> None:
+        if self._tracking is None:
+            return
+        prefix = getattr(l2, "prefix", None)
+        if isinstance(prefix, str):
+            self._tracking.bind(prefix)
+        elif self._tracking.prefixes is None:
+            raise ConfigurationError(
+                f"tracking=True cannot tell the key prefix of {l2!r}: pass tracking_prefixes="
+            )
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
@@ -450,16 +496,22 @@ class RedisBackplane(Backplane):
             or not hasattr(pool, "connection_kwargs")
         ):
             return client.pubsub()
-        return redis.client.PubSub(_PrivateConnectionPool(pool))
+        return redis.client.PubSub(_PrivateConnectionPool(pool, self._tracking))
 
     def _subscribe(self, pubsub: t.Any, stop: threading.Event) -> bool:
         """Subscribe and wait for the server's confirmation; False if stopped meanwhile."""
-        pubsub.subscribe(self._channel)
+        channels = [self._channel]
+        if self._tracking is not None:
+            channels.append(TRACKING_CHANNEL)
+        pubsub.subscribe(*channels)
+        confirmed = 0
         deadline = time.monotonic() + self._confirm_timeout()
         while not stop.is_set():
             message = pubsub.get_message(timeout=self.poll_interval)
             if message is not None and message.get("type") == "subscribe":
-                return True
+                confirmed += 1
+                if confirmed == len(channels):
+                    return True
             if time.monotonic() > deadline:
                 raise redis.exceptions.TimeoutError("no confirmation of SUBSCRIBE in time")
         return False
@@ -500,7 +552,12 @@ class RedisBackplane(Backplane):
             ping_sent_at = None
             kind = message.get("type")
             if kind == "message":
-                self._deliver(message.get("data"))
+                if self._tracking is not None and self._tracking.is_invalidation(
+                    message.get("channel")
+                ):
+                    self._tracked(message.get("data"))
+                else:
+                    self._deliver(message.get("data"))
             elif kind == "subscribe":
                 # The driver reconnected and resubscribed by itself: messages were missed.
                 with self._lock:
@@ -525,6 +582,22 @@ class RedisBackplane(Backplane):
             self._count("ignored_own")
             return
         self._count("delivered")
+        self._dispatch(kind, keys)
+
+    def _tracked(self, data: t.Any) -> None:
+        """A tracking invalidation: keys changed on the server (by anyone), or a flush."""
+        assert self._tracking is not None
+        keys = self._tracking.keys(data)
+        with self._lock:
+            self._counts["tracked"] += 1
+            self._last_message_at = time.time()
+        if keys is None:
+            self._count("tracked_flushes")
+            self._reset()
+        elif keys:
+            self._dispatch("delete", keys)
+
+    def _dispatch(self, kind: str, keys: list[str]) -> None:
         callback = self._on_invalidate
         if callback is None:  # pragma: no cover - the thread starts after subscribe()
             return
@@ -604,6 +677,8 @@ class RedisBackplane(Backplane):
         - ``callback_errors``, ``connection_errors``; ``errors`` is their sum with
           ``publish_errors`` and ``malformed``;
         - ``resets`` (``on_reset()`` calls), ``reconnects`` (subscriptions after the first);
+        - ``tracked`` (tracking invalidations read, with ``tracking=True``; own writes
+          included), ``tracked_flushes`` (flushes among them);
         - ``connected``, ``subscribed``, ``closed``, ``last_message_at`` (epoch seconds of
           the last message read, or ``None``), ``origin``, ``channel``.
         """
@@ -621,6 +696,7 @@ class RedisBackplane(Backplane):
         figures["closed"] = self._closed
         figures["origin"] = self._origin
         figures["channel"] = self._channel
+        figures["tracking"] = self._tracking is not None
         return figures
 
     def __repr__(self) -> str:
@@ -640,13 +716,24 @@ class _PrivateConnectionPool:
     backoff that :meth:`RedisBackplane.close` would have to wait out.
     """
 
-    def __init__(self, pool: t.Any) -> None:
+    def __init__(self, pool: t.Any, tracking: ServerTracking | None = None) -> None:
         self._pool = pool
+        self._tracking = tracking
 
     def get_connection(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         options = dict(self._pool.connection_kwargs)
         options["retry"] = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+        if self._tracking is not None and _REDIS_MAJOR >= 5:
+            # Invalidations arrive as pub/sub messages only in RESP2 (RESP3 pushes them).
+            options["protocol"] = 2
+            # Maintenance notifications (redis-py 7+) need RESP3: not on this connection.
+            for name in ("maint_notifications_config", "maint_notifications_pool_handler"):
+                options.pop(name, None)
         connection = self._pool.connection_class(**options)
+        if self._tracking is not None:
+            # Registered first: on every (re)connection tracking is enabled before the
+            # pub/sub object renews its subscriptions (RESP2 allows no CLIENT command after).
+            connection.register_connect_callback(self._tracking.enable)
         try:
             connection.connect()
         except BaseException:
@@ -662,6 +749,22 @@ class _PrivateConnectionPool:
 
     def __getattr__(self, name: str) -> t.Any:
         return getattr(self._pool, name)
+
+
+def _check_tracking_client(client: t.Any, closers: list[t.Callable[[], None]]) -> None:
+    """Refuse ``tracking=True`` with a client whose subscriber cannot enable it."""
+    reason = None
+    pool: t.Any = getattr(client, "connection_pool", None)
+    if isinstance(client, redis.cluster.RedisCluster):
+        reason = (
+            "is not supported with Redis Cluster (each primary would need a subscriber of "
+            "its own); use the pub/sub backplane alone there"
+        )
+    elif not hasattr(pool, "connection_class") or not hasattr(pool, "connection_kwargs"):
+        reason = "needs a redis.Redis client with a connection pool"
+    if reason is not None:
+        _close_all(closers)
+        raise ConfigurationError(f"tracking=True {reason}")
 
 
 def _dispose(pubsub: t.Any) -> None:

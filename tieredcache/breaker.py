@@ -81,6 +81,7 @@ class CircuitBreaker:
         self._opened = 0
         self._refused = 0
         self._on_close: list[t.Callable[[], None]] = []
+        self._on_open: list[t.Callable[[], None]] = []
 
     @property
     def state(self) -> str:
@@ -93,6 +94,10 @@ class CircuitBreaker:
     def on_close(self, callback: t.Callable[[], None]) -> None:
         """Call ``callback`` (outside the lock) each time the circuit closes again."""
         self._on_close.append(callback)
+
+    def on_open(self, callback: t.Callable[[], None]) -> None:
+        """Call ``callback`` (outside the lock) each time the circuit opens."""
+        self._on_open.append(callback)
 
     def allow(self) -> bool:
         """True if a call may go to the tier now (a half-open circuit admits one probe)."""
@@ -150,6 +155,11 @@ class CircuitBreaker:
                 self._consecutive,
                 self.reset_after,
             )
+            for callback in self._on_open:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("circuit %s: on_open callback raised", self.name)
 
     def record(self, exc: BaseException | None) -> None:
         """Record the outcome of a call: ``None`` for a success, or what it raised.

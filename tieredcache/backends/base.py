@@ -463,6 +463,10 @@ class Backend:
 
         return self._flights.run(key, load, wait_timeout)
 
+    def reset_stats(self) -> None:
+        """Set this backend's counters to zero."""
+        self._counters.reset()
+
     def stats(self) -> dict[str, t.Any]:
         """Counters (see :data:`COUNTERS`) plus backend-specific figures."""
         figures: dict[str, t.Any] = {"backend": self.name, **self._counters.snapshot()}

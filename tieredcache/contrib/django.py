@@ -43,6 +43,8 @@ from django.core.exceptions import ImproperlyConfigured
 from tieredcache import config
 from tieredcache import tiered
 from tieredcache.contrib.django_redis_api import DjangoRedisAPI
+from tieredcache.contrib.metrics import enable_metrics
+from tieredcache.contrib.metrics import split_metrics
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import BackendError
 from tieredcache.errors import ConfigurationError
@@ -95,6 +97,14 @@ def _pickling() -> t.Iterator[None]:
         raise pickle.PicklingError(str(exc)) from exc
 
 
+def _metrics_options(options: Mapping[str, t.Any]) -> tuple[dict[str, t.Any], t.Any, t.Any]:
+    """OPTIONS without ``METRICS`` / ``METRICS_NAME``, and those two (see contrib.metrics)."""
+    try:
+        return split_metrics(options)
+    except ConfigurationError as exc:
+        raise ImproperlyConfigured(f"TieredCache: {exc}") from exc
+
+
 class TieredCache(DjangoRedisAPI, BaseCache):
     """A Django cache backend on a process-wide :class:`tieredcache.TieredCache`.
 
@@ -126,6 +136,7 @@ class TieredCache(DjangoRedisAPI, BaseCache):
                 f"OPTIONS must be a mapping (a dict), not {type(options).__name__}"
             )
             raise ImproperlyConfigured(f"{type(self).__name__}: {problem}") from problem
+        options, metrics, metrics_name = _metrics_options(options)
         # TIMEOUT, KEY_PREFIX, VERSION, KEY_FUNCTION and MAX_ENTRIES are read by Django's
         # own BaseCache, exactly as every Django backend reads them.
         super().__init__({**params, "OPTIONS": options})
@@ -173,6 +184,7 @@ class TieredCache(DjangoRedisAPI, BaseCache):
             self._tiered = config.shared_cache(
                 location, options, secret_key=secret or None, fallback_secrets=fallbacks
             )
+            enable_metrics(self._tiered, metrics, metrics_name)
         except ConfigurationError as exc:
             # The message names the problem; LOCATION itself may hold a password.
             raise ImproperlyConfigured(f"{type(self).__name__}: {exc}") from exc

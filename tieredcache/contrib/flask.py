@@ -30,6 +30,8 @@ import logging
 import typing as t
 
 from tieredcache.config import shared_cache
+from tieredcache.contrib.metrics import enable_metrics
+from tieredcache.contrib.metrics import split_metrics
 from tieredcache.entry import DEFAULT
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import BackendError
@@ -426,7 +428,9 @@ class TieredCacheExtension:
     - ``TIEREDCACHE_OPTIONS``: a dict of tieredcache options (``l1_maxsize``, ``read``,
       ``write``, ``sign``, ...);
     - ``SECRET_KEY`` (and ``SECRET_KEY_FALLBACKS``): L2 payloads are signed when it is set,
-      unless ``TIEREDCACHE_OPTIONS`` has ``"sign": False``.
+      unless ``TIEREDCACHE_OPTIONS`` has ``"sign": False``;
+    - ``TIEREDCACHE_METRICS``: ``"prometheus"`` or ``"opentelemetry"`` reports the cache's
+      figures (:mod:`tieredcache.contrib.metrics`), named ``TIEREDCACHE_METRICS_NAME``.
 
     The extension keeps no app: each call uses :data:`flask.current_app`'s cache, so one
     extension object serves several apps in one process. Its methods are tieredcache's
@@ -481,6 +485,10 @@ class TieredCacheExtension:
             secret_key=config.get("SECRET_KEY"),
             fallback_secrets=config.get("SECRET_KEY_FALLBACKS") or (),
         )
+        metrics = {"metrics": config.get("TIEREDCACHE_METRICS")}
+        metrics["metrics_name"] = config.get("TIEREDCACHE_METRICS_NAME")
+        _, kind, name = split_metrics({k: v for k, v in metrics.items() if v is not None})
+        enable_metrics(cache, kind, name)
         app.extensions[EXTENSION_KEY] = TieredCacheState(cache, prefix, default_ttl)
 
     @staticmethod

@@ -30,10 +30,15 @@ from tieredcache.entry import Entry
 from tieredcache.entry import Timer
 from tieredcache.entry import next_version
 from tieredcache.entry import validate_ttl
+from tieredcache.errors import BackendTimeoutError
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import BothLayersFailed
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import ValueTooLargeError
+from tieredcache.events import BACKPLANE_RESET
+from tieredcache.events import BREAKER_CLOSED
+from tieredcache.events import BREAKER_OPENED
+from tieredcache.events import Events
 from tieredcache.executor import default_executor
 from tieredcache.policies.base import PolicyContext
 from tieredcache.policies.base import tag_tier
@@ -56,6 +61,8 @@ from tieredcache.tiered.l2gate import touch_replay
 from tieredcache.tiered.ordering import L1
 from tieredcache.tiered.ordering import Ordering
 from tieredcache.tiered.ordering import ReadToken
+from tieredcache.tiered.readflight import Flight
+from tieredcache.tiered.readflight import ReadFlights
 from tieredcache.tiered.refresh import Refresher
 
 if t.TYPE_CHECKING:
@@ -110,6 +117,10 @@ class TieredCache(Backend):
     :param jitter: a fraction in ``[0, 1)``: each write's TTL is shortened by a random part
         of it, so entries written together do not all expire together.
     :param replay_limit: the most keys whose failed L2 writes wait for replay.
+
+    ``cache.events`` (:class:`~tieredcache.events.Events`) tells subscribers when the
+    breaker opens or closes, a replay is done, the backplane resets L1 or a stale value is
+    served; :meth:`stats` has the counters, :meth:`reset_stats` sets them to zero.
     """
 
     name = "tiered"
@@ -185,6 +196,7 @@ class TieredCache(Backend):
         self._count_refill = self._counters.incrementer("refills")
         self._count_refill_skipped = self._counters.incrementer("refills_skipped")
         self._ordering = Ordering()
+        self._reads = ReadFlights(self._ordering)
         self._sequential_read = type(self.read) is SequentialRead
         self._read_ctx = PolicyContext(None, None, l1.local, self._report_read, "get")
         self._check_values = self._serializers_to_check()
@@ -203,7 +215,14 @@ class TieredCache(Backend):
             on_partial_failure=self._report_l2_partial,
         )
         self._refresher = Refresher(self, self._gate, self._ordering, self._counters, self._flights)
+        self.events = events = Events()
+        self._gate.events = events
+        if breaker is not None:
+            name = breaker.name
+            breaker.on_open(lambda: events.emit(BREAKER_OPENED, breaker=name))
+            breaker.on_close(lambda: events.emit(BREAKER_CLOSED, breaker=name))
         if backplane is not None:
+            backplane.bind(l2)  # server-assisted invalidation tracks the L2's key prefix
             backplane.subscribe(self._on_invalidate, self._on_reset)
 
     # -- configuration helpers --------------------------------------------------------
@@ -375,12 +394,23 @@ class TieredCache(Backend):
             return None
 
     def _read_one_from_l2(self, key: str, l1_error: BaseException | None) -> Entry | None:
-        """L1 missed (or failed on) ``key``: read it from L2 and refill L1."""
+        """L1 missed (or failed on) ``key``: read it from L2 (or share a read in flight of
+        it, see :mod:`.readflight`) and refill L1."""
         ordering = self._ordering
         token = ordering.begin_read_one(key)
+        flight, leader = self._reads.join(key, token)
+        entry: Entry | None = None
         try:
             try:
-                entry = self._gate.read([key]).get(key)
+                if leader:
+                    try:
+                        entry = self._gate.read([key]).get(key)
+                    except BaseException as exc:
+                        leader = False
+                        self._reads.land(key, flight, None, exc)
+                        raise
+                else:
+                    entry = self._shared_answer(key, flight)
             except Exception as exc:
                 if l1_error is not None:
                     raise BothLayersFailed(l1_error, tag_tier(exc, "l2"), operation="get") from None
@@ -395,11 +425,58 @@ class TieredCache(Backend):
             else:
                 self._count_l2_hit()
                 # An L1 that failed to read may hold a newer value it could not show.
-                if self.refill is Refill.ALWAYS and l1_error is None:
+                if leader and self.refill is Refill.ALWAYS and l1_error is None:
                     self._refill({key: token}, {key: entry})
         finally:
+            if leader:
+                self._reads.land(key, flight, entry)
             ordering.end_read_one(key, token)
         return entry
+
+    def _shared_answer(self, key: str, flight: Flight) -> Entry | None:
+        """Another caller's L2 read of ``key``: its answer, waiting at most the L2 timeout."""
+        if flight.wait(self._gate.lock_timeout()):
+            return flight.answer()
+        exc = BackendTimeoutError(
+            f"the shared l2 read of {key!r} did not finish in time", backend="l2"
+        )
+        if not self._gate.fail_open:
+            raise exc
+        self._gate.absorb("read", "read", [key], exc)
+        return None
+
+    def _shared_l2_leg(
+        self, token_of: t.Mapping[str, ReadToken], shared_keys: set[str]
+    ) -> t.Callable[[list[str]], dict[str, Entry]]:
+        """The L2 leg of a batch read: lead the keys nobody reads yet, then share the rest
+        (added to ``shared_keys``: their leader refills them)."""
+
+        def read(wanted: list[str]) -> dict[str, Entry]:
+            reads = self._reads
+            led: dict[str, Flight] = {}
+            shared: dict[str, Flight] = {}
+            for key in wanted:
+                flight, leader = reads.join(key, token_of[key])
+                (led if leader else shared)[key] = flight
+            found: dict[str, Entry] = {}
+            if led:
+                try:
+                    found = self._gate.read(list(led))
+                except BaseException as exc:
+                    for key, flight in led.items():
+                        reads.land(key, flight, None, exc)
+                    raise
+                for key, flight in led.items():
+                    reads.land(key, flight, found.get(key))
+            # Only now wait for others: a batch never waits while it leads (no cycles).
+            shared_keys.update(shared)
+            for key, flight in shared.items():
+                entry = self._shared_answer(key, flight)
+                if entry is not None:
+                    found[key] = entry
+            return found
+
+        return read
 
     def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
         wanted = unique_keys(keys)
@@ -423,7 +500,9 @@ class TieredCache(Backend):
             ctx = self._read_ctx
             if not self.l1.local:
                 ctx = PolicyContext(self.executor, None, False, self._report_read, "get")
-            answer = self.read.execute(keys, l1_leg, self._gate.read, ctx)
+            shared: set[str] = set()
+            l2_leg = self._shared_l2_leg(dict(zip(keys, tokens)), shared)
+            answer = self.read.execute(keys, l1_leg, l2_leg, ctx)
         except BaseException:
             self._counters.slot()[_ERRORS] += len(keys)
             self._ordering.end_read(keys, tokens)
@@ -437,7 +516,9 @@ class TieredCache(Backend):
             slot[_L1_HITS] += len(answer) - len(from_l2)
             # An L1 that failed to read may hold a newer value it could not show: no refill.
             if from_l2 and self.refill is Refill.ALWAYS and not failures:
-                self._refill(dict(zip(keys, tokens)), from_l2)
+                led = {k: e for k, e in from_l2.items() if k not in shared}
+                if led:
+                    self._refill(dict(zip(keys, tokens)), led)
         finally:
             self._ordering.end_read(keys, tokens)
         return {k: e for k, (e, _) in answer.items()}
@@ -730,6 +811,7 @@ class TieredCache(Backend):
             self.l1.clear()
         except Exception:
             logger.exception("tiered: flushing l1 after a backplane reset failed")
+        self.events.emit(BACKPLANE_RESET)
 
     # -- introspection ----------------------------------------------------------------
 
@@ -739,6 +821,7 @@ class TieredCache(Backend):
         figures["l1"] = self.l1.stats()
         figures["l2"] = self.l2.stats()
         figures["in_flight_keys"] = len(self._ordering)
+        figures.update(self._reads.stats())
         figures.update(self._gate.stats())
         if self._offload is not None:
             figures["offload"] = self._offload.stats()
@@ -746,9 +829,35 @@ class TieredCache(Backend):
             figures["backplane"] = self.backplane.stats()
         return figures
 
+    def wrap_calls(
+        self,
+        l2: t.Callable[[str, t.Callable[[], t.Any]], t.Any] | None = None,
+        loader: t.Callable[[str, t.Callable[[], t.Any]], t.Any] | None = None,
+    ) -> None:
+        """Run each L2 call as ``l2(method_name, call)`` and each ``get_or_set`` loader as
+        ``loader(key, call)`` (for tracing, see :mod:`tieredcache.contrib.opentelemetry`)."""
+        if l2 is not None:
+            self._gate.wrap_calls(l2)
+        if loader is not None:
+            plain = self._refresher.run_loader
+
+            def run_loader(key: str, load: t.Callable[[], t.Any]) -> t.Any:
+                return loader(key, lambda: plain(key, load))
+
+            self._refresher.run_loader = run_loader  # type: ignore[assignment]
+
+    def reset_stats(self) -> None:
+        """Set the composition's counters, and each layer's, to zero."""
+        super().reset_stats()
+        self.l1.reset_stats()
+        self.l2.reset_stats()
+        self._reads.reset()
+        self._gate.reset_stats()
+
     def _check_invariants(self) -> None:
         """Assert internal consistency when no operation is in flight (for tests)."""
         assert len(self._ordering) == 0, "ordering state left behind"
+        assert len(self._reads) == 0, "read flights left behind"
         for layer in (self.l1, self.l2):
             check = getattr(layer, "_check_invariants", None)
             if check is not None:

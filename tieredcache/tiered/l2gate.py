@@ -45,6 +45,7 @@ from tieredcache.entry import Entry
 from tieredcache.errors import BackendError
 from tieredcache.errors import BackendResponseError
 from tieredcache.errors import BackendUnavailableError
+from tieredcache.events import REPLAY_DONE
 from tieredcache.policies.base import tag_tier
 from tieredcache.ratelog import RateLimitedLog
 from tieredcache.stats import TIERED_INDEX
@@ -59,8 +60,10 @@ from tieredcache.tiered.ordering import WriteSlot
 if t.TYPE_CHECKING:
     from tieredcache.backends.base import Backend
     from tieredcache.backplane import Backplane
+    from tieredcache.events import Events
 
 __all__ = [
+    "CallWrapper",
     "L2Gate",
     "PartialFailureHook",
     "ReplayFactory",
@@ -76,6 +79,9 @@ logger = logging.getLogger("tieredcache")
 T = t.TypeVar("T")
 
 PartialFailureHook = t.Callable[[str, t.Sequence[str], BaseException], None]
+
+CallWrapper = t.Callable[[str, t.Callable[[], t.Any]], t.Any]
+"""``wrapper(name, call)``: runs ``call()`` and returns its result."""
 
 #: The first and the longest pause of the worker between two attempts to reach L2.
 RETRY_BACKOFF = (0.05, 1.0)
@@ -148,6 +154,8 @@ class L2Gate:
         self.replay_dropped = 0
         self.replay_superseded = 0
         self.announce_errors = 0
+        #: Where ``replay_done`` is emitted (set by the composition).
+        self.events: Events | None = None
         self._last_failure = 0.0  # monotonic time of the last availability failure
         self._init_process_state()
         if breaker is not None:
@@ -217,6 +225,17 @@ class L2Gate:
         if breaker is not None:
             breaker.record_success()
         return result
+
+    def wrap_calls(self, wrapper: CallWrapper) -> None:
+        """Run every L2 call as ``wrapper(name, call)`` (tracing); ``name`` is the backend
+        method's. Instances without a wrapper pay nothing."""
+        plain = self.call
+
+        def call(fn: t.Callable[..., T], *args: t.Any) -> T:
+            result: T = wrapper(getattr(fn, "__name__", "call"), lambda: plain(fn, *args))
+            return result
+
+        self.call = call  # type: ignore[method-assign]
 
     def lock_timeout(self) -> float | None:
         """How long a leg may wait for an earlier write of the same key."""
@@ -451,7 +470,16 @@ class L2Gate:
             )
 
     def replay(self) -> int:
-        """Replay the queued writes now; how many landed. Stops at the first outage."""
+        """Replay the queued writes now; how many landed. Stops at the first outage.
+
+        Emits ``replay_done`` (see :mod:`tieredcache.events`) once the queue is empty.
+        """
+        landed = self._replay()
+        if landed and not self._queue and self.events is not None:
+            self.events.emit(REPLAY_DONE, replayed=landed)
+        return landed
+
+    def _replay(self) -> int:
         landed = 0
         with self._lock:
             items = list(self._queue.items())
@@ -635,6 +663,12 @@ class L2Gate:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def reset_stats(self) -> None:
+        """Set the replay and announcement counters to zero."""
+        with self._lock:
+            self.replayed = self.replay_dropped = self.replay_superseded = 0
+            self.announce_errors = 0
 
     def stats(self) -> dict[str, t.Any]:
         figures: dict[str, t.Any] = {

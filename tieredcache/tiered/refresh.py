@@ -27,6 +27,7 @@ from tieredcache.entry import Entry
 from tieredcache.entry import next_version
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import OffloadError
+from tieredcache.events import STALE_SERVED
 from tieredcache.executor import marked
 from tieredcache.locks import SingleFlight
 from tieredcache.offload import OffloadKey
@@ -67,6 +68,10 @@ class Refresher:
         self.counters = counters
         self.flights = flights
 
+    def run_loader(self, key: str, loader: t.Callable[[], t.Any]) -> t.Any:
+        """Call ``loader()`` for ``key`` (replaced on the instance to trace loaders)."""
+        return loader()
+
     def get_or_set(
         self,
         key: str,
@@ -103,6 +108,7 @@ class Refresher:
             if entry is not None:
                 if entry.stale_at is not None and entry.stale_at <= cache.timer():
                     self.counters.slot()[_STALE_HITS] += 1
+                    cache.events.emit(STALE_SERVED, key=key)
                     self._schedule_refresh(key, loader, ttl, stale_ttl)
                 return entry.value
 
@@ -138,7 +144,7 @@ class Refresher:
         ttl: t.Any,
         stale_ttl: float | None,
     ) -> t.Any:
-        value = loader()
+        value = self.run_loader(key, loader)
         entry = self.entry_with_stale(value, ttl, stale_ttl)
         if entry is None:
             self.cache.delete(key)
@@ -184,7 +190,7 @@ class Refresher:
         stale_ttl: float | None,
     ) -> None:
         cache = self.cache
-        value = loader()
+        value = self.run_loader(key, loader)
         entry = self.entry_with_stale(value, ttl, stale_ttl)
         if entry is None:
             return
