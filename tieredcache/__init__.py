@@ -28,6 +28,7 @@ from tieredcache.errors import OffloadError
 from tieredcache.errors import SerializationError
 from tieredcache.errors import TieredCacheError
 from tieredcache.errors import TieredCacheWarning
+from tieredcache.errors import UnsupportedOperationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.policies import LoserPolicy
 from tieredcache.policies import OptimisticParallelWrite
@@ -106,6 +107,7 @@ __all__ = [
     "SignedSerializer",
     "TieredCacheError",
     "TieredCacheWarning",
+    "UnsupportedOperationError",
     "ValueTooLargeError",
     "__version__",
     *_LAZY,

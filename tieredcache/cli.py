@@ -34,25 +34,13 @@ DESCRIPTION = "tieredcache: a multi-level cache for Python. Try it with 'tieredc
 
 
 def _l2_from(location: str | None, tmpdir: str) -> Backend:
-    if not location:
-        from tieredcache.backends.sqlite import SQLiteBackend
+    from tieredcache.config import build_l2
+    from tieredcache.config import parse_location
+    from tieredcache.options import CacheOptions
 
-        return SQLiteBackend(os.path.join(tmpdir, "demo.sqlite3"))
-    if location.startswith(("redis://", "rediss://", "unix://", "redis+")):
-        from tieredcache.backends.redis import RedisBackend
-
-        return RedisBackend.from_url(location, prefix="tieredcache-demo:", socket_timeout=2.0)
-    if location.startswith("memcached://"):
-        from tieredcache.backends.memcached import MemcachedBackend
-
-        return MemcachedBackend.from_url(location, prefix="tieredcache-demo:")
-    if location.startswith("sqlite://"):
-        from tieredcache.backends.sqlite import SQLiteBackend
-
-        return SQLiteBackend(location[len("sqlite://") :])
-    raise SystemExit(
-        f"unsupported --l2 {location!r}: use redis://, memcached://host:port or sqlite:///path"
-    )
+    parsed = parse_location(location or f"sqlite://{os.path.join(tmpdir, 'demo.sqlite3')}")
+    prefix = "tieredcache-demo:" if parsed.kind in ("redis", "memcached") else ""
+    return build_l2(parsed, CacheOptions(l2_prefix=prefix, socket_timeout=2.0))
 
 
 def _timed(fn: t.Callable[[], t.Any]) -> tuple[t.Any, float]:

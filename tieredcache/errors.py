@@ -14,7 +14,9 @@ The hierarchy::
     ├── SerializationError                                 value cannot be encoded; nothing written
     │   └── DeserializationError                           read path treats it as a miss
     ├── LockTimeoutError
-    └── OffloadError                                       register after close()
+    ├── OffloadError                                       register after close()
+    └── UnsupportedOperationError(TieredCacheError, NotImplementedError)
+                                                           the store cannot do this
 
     TieredCacheWarning(Warning)
     └── DegradedTierWarning                                a fail-open tier error, rate-limited
@@ -42,6 +44,7 @@ __all__ = [
     "SerializationError",
     "TieredCacheError",
     "TieredCacheWarning",
+    "UnsupportedOperationError",
     "ValueTooLargeError",
 ]
 
@@ -138,6 +141,11 @@ class LockTimeoutError(TieredCacheError):
 
 class OffloadError(TieredCacheError):
     """A background task could not be accepted (the offload is closed)."""
+
+
+class UnsupportedOperationError(TieredCacheError, NotImplementedError):
+    """The store cannot do this operation (memcached cannot list its keys, say); the message
+    names what to use instead."""
 
 
 class TieredCacheWarning(Warning):

@@ -7,7 +7,7 @@ import typing as t
 import pytest
 
 from tieredcache import ConfigurationError
-from tieredcache.contrib.config import build_cache
+from tieredcache.config import build_cache
 from tieredcache.testing.clock import wait_until
 
 

@@ -28,8 +28,8 @@ from tieredcache import PickleSerializer
 from tieredcache import RedisBackend
 from tieredcache import SQLiteBackend
 from tieredcache import TieredCache as CoreCache
-from tieredcache.contrib.config import release_shared_caches
-from tieredcache.contrib.config import shared_cache
+from tieredcache.config import release_shared_caches
+from tieredcache.config import shared_cache
 from tieredcache.contrib.flask import TieredCache
 from tieredcache.contrib.flask import TieredCacheExtension
 from tieredcache.contrib.flask import TieredCacheState

@@ -24,6 +24,8 @@ from tieredcache.errors import BackendError
 from tieredcache.errors import DeserializationError
 from tieredcache.errors import InvalidKeyError
 from tieredcache.errors import TieredCacheError
+from tieredcache.errors import UnsupportedOperationError
+from tieredcache.keyglob import compile_glob
 from tieredcache.locks import SingleFlight
 from tieredcache.serializers import EntryCodec
 from tieredcache.stats import COUNTERS
@@ -36,6 +38,8 @@ logger = logging.getLogger("tieredcache")
 _HITS, _MISSES, _ERRORS, _CORRUPT, _SETS, _DELETES = range(len(COUNTERS))
 
 T = t.TypeVar("T")
+
+_PATTERN_BATCH = 500  # keys deleted per batch by invalidate_pattern
 
 
 class Backend:
@@ -126,6 +130,26 @@ class Backend:
     def call_timeout(self) -> float | None:
         """The longest one call waits for the store to answer (``None``: no bound known)."""
         return None
+
+    def _iter_keys(self, pattern: str) -> t.Iterator[str]:
+        """The keys of this backend's unexpired entries that match ``pattern``."""
+        raise UnsupportedOperationError(
+            f"the {self.name} backend cannot list its keys; tag the entries and "
+            "invalidate the tags instead"
+        )
+
+    def _invalidate_pattern(self, pattern: str) -> int:
+        """Delete the keys matching ``pattern``; how many were deleted."""
+        deleted = 0
+        batch: list[str] = []
+        for key in self._iter_keys(pattern):
+            batch.append(key)
+            if len(batch) >= _PATTERN_BATCH:
+                deleted += self._delete_many(batch)
+                batch = []
+        if batch:
+            deleted += self._delete_many(batch)
+        return deleted
 
     def _translate(self, exc: BaseException) -> BackendError:
         """Map a driver exception to the most specific ``BackendError``."""
@@ -311,6 +335,44 @@ class Backend:
     def clear(self) -> None:
         """Remove every entry this backend owns."""
         self._call(self._clear)
+
+    def iter_keys(self, pattern: str = "*") -> t.Iterator[str]:
+        """The keys of this backend's unexpired entries that match the glob ``pattern``.
+
+        Patterns follow Redis's syntax (:mod:`tieredcache.keyglob`) and match the cache's
+        own keys, never keys outside this backend (another prefix, another table). Keys
+        are produced while the store is scanned: one written or deleted meanwhile may be
+        listed or not, and none is listed twice by a memory or SQLite store (Redis's
+        ``SCAN`` may repeat a key).
+
+        :raises InvalidKeyError: ``pattern`` is not a str.
+        :raises UnsupportedOperationError: the store cannot list its keys (memcached).
+        :raises BackendError: the store failed (while iterating).
+        """
+        compile_glob(pattern)
+        return self._translated(self._call(self._iter_keys, pattern))
+
+    def _translated(self, keys: t.Iterator[str]) -> t.Iterator[str]:
+        while True:
+            try:
+                key = self._call(next, keys)
+            except StopIteration:
+                return
+            yield key
+
+    def invalidate_pattern(self, pattern: str) -> int:
+        """Delete every key matching the glob ``pattern`` (see :meth:`iter_keys`).
+
+        Only keys within this backend (its prefix, its table) are matched; in Redis every
+        matching key goes, whatever type its value has.
+
+        :returns: how many keys were deleted.
+        :raises UnsupportedOperationError: the store cannot list its keys (memcached).
+        """
+        compile_glob(pattern)
+        deleted = self._call(self._invalidate_pattern, pattern)
+        self._counters.slot()[_DELETES] += deleted
+        return deleted
 
     def close(self) -> None:
         """Release connections and threads. Stored data is kept."""

@@ -40,6 +40,7 @@ from tieredcache.errors import BackendResponseError
 from tieredcache.errors import BackendTimeoutError
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import ConfigurationError
+from tieredcache.errors import UnsupportedOperationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import Serializer
@@ -484,6 +485,12 @@ class MemcachedBackend(Backend):
         servers = list(getattr(client, "clients", {}).values()) or [client]
         for server in servers:
             flush_server(server)
+
+    def _iter_keys(self, pattern: str) -> t.Iterator[str]:
+        raise UnsupportedOperationError(
+            "memcached cannot list or match its keys, so iter_keys and invalidate_pattern "
+            "are not available; tag the entries and invalidate the tags instead"
+        )
 
     def clear(self) -> None:
         """Remove every entry: this empties the whole memcached server(s), as Django's

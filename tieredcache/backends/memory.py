@@ -42,6 +42,7 @@ from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
 from tieredcache.errors import SerializationError
 from tieredcache.errors import ValueTooLargeError
+from tieredcache.keyglob import compile_glob
 from tieredcache.serializers import PickleSerializer
 from tieredcache.serializers import Serializer
 
@@ -540,6 +541,23 @@ class MemoryBackend(Backend):
             self._order.clear()
             if self._reads is not None:
                 self._reads.clear()
+
+    def _iter_keys(self, pattern: str) -> t.Iterator[str]:
+        match = compile_glob(pattern).match
+        now = self.timer()
+        with self._lock:
+            keys = [k for k, e in self._data.items() if match(k) and not e.expired(now)]
+        return iter(keys)
+
+    def _invalidate_pattern(self, pattern: str) -> int:
+        match = compile_glob(pattern).match
+        now = self.timer()
+        with self._lock:
+            doomed = [k for k, e in self._data.items() if match(k)]
+            live = sum(1 for k in doomed if not self._data[k].expired(now))
+            for key in doomed:
+                self._remove_locked(key)
+        return live
 
     def purge_expired(self) -> int:
         """Remove every expired entry now; how many were removed."""

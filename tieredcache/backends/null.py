@@ -8,6 +8,8 @@ switch a tier off without changing the code around it.
 
 from __future__ import annotations
 
+import typing as t
+
 from tieredcache.backends.base import Backend
 from tieredcache.entry import Entry
 
@@ -40,3 +42,9 @@ class NullBackend(Backend):
 
     def _clear(self) -> None:
         return None
+
+    def _iter_keys(self, pattern: str) -> t.Iterator[str]:
+        return iter(())
+
+    def _invalidate_pattern(self, pattern: str) -> int:
+        return 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import re
 import struct
 import threading
 import typing as t
@@ -46,6 +47,7 @@ from tieredcache.errors import BackendTimeoutError
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
+from tieredcache.keyglob import compile_glob
 from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import Serializer
 
@@ -472,6 +474,29 @@ class RedisBackend(Backend):
             else:
                 # No prefix: the database may hold other data; remove only our envelopes.
                 self._unlink_envelopes(batch)
+
+    def _match(self, pattern: str) -> bytes:
+        """The ``SCAN MATCH`` pattern for a key pattern: within this backend's prefix."""
+        if "[!" in pattern:  # Redis negates a set with "^" only
+            pattern = re.sub(r"(?<!\\)\[!", "[^", pattern)
+        return _glob_escape(self._prefix_bytes) + pattern.encode("utf-8", "surrogatepass")
+
+    def _iter_keys(self, pattern: str) -> t.Iterator[str]:
+        match = compile_glob(pattern).match
+        skip = len(self._prefix_bytes)
+        for batch in self._scan(self._match(pattern)):
+            for raw in batch:
+                key = raw[skip:].decode("utf-8", "surrogatepass")
+                if match(key):  # the server matched bytes; check the text too
+                    yield key
+
+    def _invalidate_pattern(self, pattern: str) -> int:
+        deleted = 0
+        # Unlike clear(), the caller names what to delete: every matching key within the
+        # prefix goes, whatever it holds (django-redis's hashes and sets too).
+        for batch in self._scan(self._match(pattern)):
+            deleted += int(self._client.unlink(*batch))
+        return deleted
 
     def _scan(self, pattern: bytes) -> t.Iterator[list[bytes]]:
         """The keys matching ``pattern``, one SCAN batch at a time."""

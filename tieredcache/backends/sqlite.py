@@ -44,6 +44,8 @@ from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
 from tieredcache.errors import InvalidKeyError
 from tieredcache.errors import ValueTooLargeError
+from tieredcache.keyglob import compile_glob
+from tieredcache.keyglob import literal_prefix
 from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import Serializer
 from tieredcache.stats import Counters
@@ -300,6 +302,28 @@ class SQLiteBackend(Backend):
     def _clear(self) -> None:
         self._connection().execute(self._sql.clear)
 
+    def _iter_keys(self, pattern: str) -> t.Iterator[str]:
+        # GLOB narrows the scan to the pattern's literal start (through the primary key);
+        # the compiled pattern then decides, with Redis's syntax, which keys match.
+        match = compile_glob(pattern).match
+        start = "".join(f"[{c}]" if c in "*?[]" else c for c in literal_prefix(pattern))
+        rows = self._connection().execute(self._sql.keys, (start + "*", self._now()))
+        return iter([key for (key,) in rows.fetchall() if match(key)])
+
+    def _invalidate_pattern(self, pattern: str) -> int:
+        match = compile_glob(pattern).match
+        start = "".join(f"[{c}]" if c in "*?[]" else c for c in literal_prefix(pattern))
+        conn = self._connection()
+        deleted = 0
+        with self._immediate(conn):
+            now = self._now()
+            rows = conn.execute(self._sql.keys_all, (start + "*",)).fetchall()
+            doomed = [(key, expires_at) for key, expires_at in rows if match(key)]
+            for chunk in _chunks([key for key, _ in doomed]):
+                conn.execute(self._sql.delete_many(len(chunk)), chunk)
+            deleted = sum(1 for _, at in doomed if at is None or at > now)
+        return deleted
+
     def _close(self) -> None:
         self._conns.close_all()
 
@@ -429,6 +453,8 @@ class _Statements:
         self.delete = f"DELETE FROM {q} WHERE key = ?"
         self._delete_many = f"DELETE FROM {q} WHERE key IN ({{}})"
         self.clear = f"DELETE FROM {q}"
+        self.keys = f"SELECT key FROM {q} WHERE key GLOB ? AND {live}"
+        self.keys_all = f"SELECT key, expires_at FROM {q} WHERE key GLOB ?"
         self.purge = f"DELETE FROM {q} WHERE expires_at <= ?"
         self.count = f"SELECT COUNT(*) FROM {q}"
         self.soonest = (

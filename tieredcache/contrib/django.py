@@ -16,7 +16,7 @@ memcached or a SQLite file, with Django's own cache semantics::
 
 Django makes a backend instance per thread and per alias. Every instance with the same
 ``LOCATION``, ``OPTIONS`` and secret keys uses one process-wide
-:class:`tieredcache.TieredCache` (:func:`tieredcache.contrib.config.shared_cache`), so they
+:class:`tieredcache.TieredCache` (:func:`tieredcache.config.shared_cache`), so they
 share one L1, one connection pool and one offload; ``KEY_PREFIX``, ``VERSION`` and
 ``KEY_FUNCTION`` stay per alias, because keys are made before they reach it.
 
@@ -26,6 +26,8 @@ See ``docs/integrations/django.rst`` for every option.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import pickle
 import typing as t
 from collections.abc import Mapping
@@ -38,9 +40,11 @@ from django.core.cache.backends.base import default_key_func
 from django.core.cache.backends.base import memcache_key_warnings
 from django.core.exceptions import ImproperlyConfigured
 
+from tieredcache import config
 from tieredcache import tiered
-from tieredcache.contrib import config
+from tieredcache.contrib.django_redis_api import DjangoRedisAPI
 from tieredcache.entry import validate_ttl
+from tieredcache.errors import BackendError
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
 from tieredcache.errors import SerializationError
@@ -50,6 +54,34 @@ __all__ = ["TieredCache"]
 
 # How many validated keys an instance remembers (see TieredCache.make_and_validate_key).
 _KEY_MEMO_SIZE = 4096
+# OPTIONS that configure this Django backend rather than the shared cache.
+_BACKEND_OPTIONS = ("IGNORE_EXCEPTIONS", "LOG_IGNORED_EXCEPTIONS")
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+
+
+def _omit_exception(return_value: t.Any = None) -> t.Callable[[F], F]:
+    """With ``IGNORE_EXCEPTIONS``, a failing store answers ``return_value`` (as
+    django-redis does), logged when ``LOG_IGNORED_EXCEPTIONS`` is set."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def run(self: TieredCache, *args: t.Any, **kwargs: t.Any) -> t.Any:
+            try:
+                return method(self, *args, **kwargs)
+            except BackendError as exc:
+                if not self._ignore_exceptions:
+                    raise
+                if self._log_ignored is not None:
+                    self._log_ignored.exception("tieredcache: %s failed: %s", method.__name__, exc)
+                value = return_value
+                if method.__name__ == "get":
+                    value = kwargs.get("default", args[1] if len(args) > 1 else None)
+                return value
+
+        return t.cast(F, run)
+
+    return decorate
 
 
 @contextlib.contextmanager
@@ -63,7 +95,7 @@ def _pickling() -> t.Iterator[None]:
         raise pickle.PicklingError(str(exc)) from exc
 
 
-class TieredCache(BaseCache):
+class TieredCache(DjangoRedisAPI, BaseCache):
     """A Django cache backend on a process-wide :class:`tieredcache.TieredCache`.
 
     Thread-safe, although Django gives each thread its own instance; the instance holds
@@ -94,12 +126,29 @@ class TieredCache(BaseCache):
                 f"OPTIONS must be a mapping (a dict), not {type(options).__name__}"
             )
             raise ImproperlyConfigured(f"{type(self).__name__}: {problem}") from problem
-        super().__init__(params)
-        timeout = params.get("TIMEOUT", 300)
-        try:
-            self.default_timeout = validate_ttl(timeout, name="TIMEOUT")
-        except ConfigurationError as exc:
-            raise ImproperlyConfigured(f"{type(self).__name__}: {exc}") from exc
+        # TIMEOUT, KEY_PREFIX, VERSION, KEY_FUNCTION and MAX_ENTRIES are read by Django's
+        # own BaseCache, exactly as every Django backend reads them.
+        super().__init__({**params, "OPTIONS": options})
+        backend_options = {
+            k.upper(): v for k, v in options.items() if k.upper() in _BACKEND_OPTIONS
+        }
+        options = {k: v for k, v in options.items() if k.upper() not in _BACKEND_OPTIONS}
+        if "MAX_ENTRIES" in options:
+            options["MAX_ENTRIES"] = self._max_entries
+        self._ignore_exceptions = bool(
+            backend_options.get(
+                "IGNORE_EXCEPTIONS", getattr(settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False)
+            )
+        )
+        log_ignored = backend_options.get(
+            "LOG_IGNORED_EXCEPTIONS",
+            getattr(settings, "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS", False),
+        )
+        self._log_ignored = (
+            logging.getLogger(getattr(settings, "DJANGO_REDIS_LOGGER", None) or __name__)
+            if log_ignored
+            else None
+        )
         try:
             secret = settings.SECRET_KEY
         except ImproperlyConfigured:  # an empty SECRET_KEY: nothing to sign with
@@ -181,18 +230,31 @@ class TieredCache(BaseCache):
 
     # -- single keys ----------------------------------------------------------------
 
+    @_omit_exception()
     def get(self, key: t.Any, default: t.Any = None, version: int | None = None) -> t.Any:
         return self._tiered.get(self.make_and_validate_key(key, version=version), default)
 
+    @_omit_exception()
     def set(
         self,
         key: t.Any,
         value: t.Any,
         timeout: t.Any = DEFAULT_TIMEOUT,
         version: int | None = None,
-    ) -> None:
+        nx: bool = False,
+        xx: bool = False,
+    ) -> bool:
+        """Store ``value``; True if it was stored.
+
+        ``nx=True`` stores only if the key holds no value (as :meth:`add`); ``xx=True``
+        only if it holds one (checked, then written: not atomic across processes).
+        """
+        if nx:
+            return self.add(key, value, timeout, version)
         made = self.make_and_validate_key(key, version=version)
         ttl = self.get_backend_timeout(timeout)
+        if xx and not self._tiered.has(made):
+            return False
         with _pickling():
             try:
                 self._tiered.set(made, value, ttl)
@@ -200,7 +262,9 @@ class TieredCache(BaseCache):
                 # L1 may already hold the value that L2 refused: no layer keeps it.
                 self._tiered.delete(made)
                 raise
+        return True
 
+    @_omit_exception()
     def add(
         self,
         key: t.Any,
@@ -217,30 +281,52 @@ class TieredCache(BaseCache):
         with _pickling():
             return self._tiered.add(made, value, ttl)
 
+    @_omit_exception()
     def touch(
         self, key: t.Any, timeout: t.Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> bool:
         made = self.make_and_validate_key(key, version=version)
         return self._tiered.touch(made, self.get_backend_timeout(timeout))
 
+    @_omit_exception()
     def delete(self, key: t.Any, version: int | None = None) -> bool:
         return self._tiered.delete(self.make_and_validate_key(key, version=version))
 
+    @_omit_exception()
     def has_key(self, key: t.Any, version: int | None = None) -> bool:
         return self._tiered.has(self.make_and_validate_key(key, version=version))
 
-    def incr(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
+    @_omit_exception()
+    def incr(
+        self,
+        key: t.Any,
+        delta: int = 1,
+        version: int | None = None,
+        ignore_key_check: bool = False,
+    ) -> int:
         """Add ``delta`` atomically (where the L2 store is atomic); keeps the expiry.
 
+        :param ignore_key_check: a missing key is created with the value ``delta`` and
+            no expiry (django-redis's option) instead of raising.
         :raises ValueError: the key holds no value.
         :raises TypeError: the value or ``delta`` is not an integer.
         """
         made = self.make_and_validate_key(key, version=version)
-        try:
-            return self._tiered.incr(made, delta)
-        except KeyError:
-            raise ValueError(f"Key '{key}' not found") from None
+        while True:
+            try:
+                return self._tiered.incr(made, delta)
+            except KeyError:
+                if not ignore_key_check:
+                    raise ValueError(f"Key '{key}' not found") from None
+            if self._tiered.add(made, delta, None):
+                return delta
 
+    @_omit_exception()
+    def decr(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
+        """Subtract ``delta``; see :meth:`incr`."""
+        return self.incr(key, -delta, version)
+
+    @_omit_exception()
     def get_or_set(
         self,
         key: t.Any,
@@ -263,11 +349,13 @@ class TieredCache(BaseCache):
 
     # -- many keys --------------------------------------------------------------------
 
+    @_omit_exception(return_value={})
     def get_many(self, keys: t.Iterable[t.Any], version: int | None = None) -> dict[t.Any, t.Any]:
         made = {self.make_and_validate_key(key, version=version): key for key in keys}
         found = self._tiered.get_many(list(made))
         return {key: found[m] for m, key in made.items() if m in found}
 
+    @_omit_exception()
     def set_many(
         self,
         data: t.Mapping[t.Any, t.Any],
@@ -297,23 +385,33 @@ class TieredCache(BaseCache):
                 failed.append(key)
         return failed
 
-    def delete_many(self, keys: t.Iterable[t.Any], version: int | None = None) -> None:
-        self._tiered.delete_many([self.make_and_validate_key(k, version=version) for k in keys])
+    @_omit_exception()
+    def delete_many(self, keys: t.Iterable[t.Any], version: int | None = None) -> int | None:
+        """Delete ``keys``; how many held a value (``None`` when no key is given, as
+        Django's backends answer)."""
+        made = [self.make_and_validate_key(k, version=version) for k in keys]
+        if not made:
+            return None
+        return self._tiered.delete_many(made)
 
     # -- whole cache --------------------------------------------------------------------
 
+    @_omit_exception()
     def clear(self) -> None:
         """Remove every entry of the shared cache, whatever its ``KEY_PREFIX``.
 
-        With Redis this deletes the keys under ``L2_PREFIX`` only; memcached cannot delete
-        by prefix and empties its servers, as Django's memcached backends do.
+        With Redis this deletes the keys under ``L2_PREFIX`` only, and also this alias's
+        hashes, sets and locks (the keys its ``KEY_PREFIX`` makes, in every version);
+        memcached cannot delete by prefix and empties its servers, as Django's memcached
+        backends do.
         """
         self._tiered.clear()
+        self._clear_structures()
 
     def close(self, **kwargs: t.Any) -> None:
         """Nothing to do: Django calls this after every request, and the L1, connection
         pools and offload are shared by the whole process. They are closed by
-        :func:`tieredcache.contrib.config.release_shared_caches` (and at exit).
+        :func:`tieredcache.config.release_shared_caches` (and at exit).
         """
 
     # -- async: each runs the atomic sync method in a thread ---------------------------
@@ -333,8 +431,8 @@ class TieredCache(BaseCache):
     ) -> list[t.Any]:
         return await sync_to_async(self.set_many, thread_sensitive=True)(data, timeout, version)
 
-    async def adelete_many(self, keys: t.Iterable[t.Any], version: int | None = None) -> None:
-        await sync_to_async(self.delete_many, thread_sensitive=True)(keys, version)
+    async def adelete_many(self, keys: t.Iterable[t.Any], version: int | None = None) -> int | None:
+        return await sync_to_async(self.delete_many, thread_sensitive=True)(keys, version)
 
     async def ahas_key(self, key: t.Any, version: int | None = None) -> bool:
         return await sync_to_async(self.has_key, thread_sensitive=True)(key, version)
@@ -343,8 +441,7 @@ class TieredCache(BaseCache):
         return await sync_to_async(self.incr, thread_sensitive=True)(key, delta, version)
 
     async def adecr(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
-        run = sync_to_async(self.decr, thread_sensitive=True)
-        return t.cast(int, await run(key, delta, version))
+        return await sync_to_async(self.decr, thread_sensitive=True)(key, delta, version)
 
     async def aget_or_set(
         self,

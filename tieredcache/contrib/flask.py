@@ -14,11 +14,11 @@ Two ways to use tieredcache in a Flask application:
   ``set``, ``get_or_set``, ...), with tieredcache's semantics: ``ttl`` in seconds, ``None``
   never expires, ``0`` stores nothing, and store failures raise.
 
-Both build their caches with :func:`tieredcache.contrib.config.shared_cache`, so every app
+Both build their caches with :func:`tieredcache.config.shared_cache`, so every app
 and every Flask-Caching object configured alike in one process shares one L1, one connection
 pool and one offload. Nothing is closed at the end of a request or app context: the shared
 caches live as long as the process (background writes are drained at interpreter exit by the
-offload's own exit hook); :func:`~tieredcache.contrib.config.release_shared_caches` closes
+offload's own exit hook); :func:`~tieredcache.config.release_shared_caches` closes
 them explicitly.
 """
 
@@ -29,7 +29,7 @@ import datetime as dt
 import logging
 import typing as t
 
-from tieredcache.contrib.config import shared_cache
+from tieredcache.config import shared_cache
 from tieredcache.entry import DEFAULT
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import BackendError
@@ -105,7 +105,7 @@ class TieredCache(_CacheBase):
 
     :param location: the cache location: ``None`` or ``""`` for the embedded default (an
         in-process L1 in front of a SQLite file), ``redis://...``, ``memcached://h:p,...``,
-        ``sqlite:///path`` or ``memory://`` (see :mod:`tieredcache.contrib.config`).
+        ``sqlite:///path`` or ``memory://`` (see :mod:`tieredcache.config`).
     :param default_timeout: the timeout used when a call gives none, in seconds or a
         timedelta; ``0`` (or ``None``) means values never expire.
     :param key_prefix: prepended to every key; a str, or a callable returning one (called
@@ -118,7 +118,7 @@ class TieredCache(_CacheBase):
     :param fallback_secrets: older secrets whose signatures are still accepted on read.
     :param options: tieredcache options (``l1_maxsize``, ``l1_ttl``, ``read``, ``write``,
         ``serializer``, ``sign``, ...), passed to
-        :func:`~tieredcache.contrib.config.shared_cache`.
+        :func:`~tieredcache.config.shared_cache`.
     :raises ConfigurationError: the location, an option or a value is invalid.
     """
 
