@@ -213,6 +213,7 @@ class TieredCache(CacheFeatures, Backend):
         if tag_seconds is None or tag_seconds < 0:
             raise ConfigurationError(f"tag_ttl must be a number of seconds >= 0, not {tag_ttl!r}")
         self.tag_index = TagIndex(self, tag_seconds)
+        self._tag_valid = self.tag_index.valid
         self._refresher = Refresher(self, self._gate, self._ordering, self._counters, self._flights)
         if backplane is not None:
             backplane.subscribe(self._on_invalidate, self._on_reset)
@@ -354,7 +355,7 @@ class TieredCache(CacheFeatures, Backend):
                 self._report_read("l1", tag_tier(exc, "l1"))
                 entry = self._read_one_from_l2(key, exc)
             else:
-                if entry is not None and (not entry.tags or self.tag_index.valid(entry)):
+                if entry is not None and (not entry.tags or self._tag_valid(entry)):
                     self._count_l1_hit()
                     return entry.value
                 entry = self._read_one_from_l2(key, None)
@@ -370,7 +371,7 @@ class TieredCache(CacheFeatures, Backend):
                 check_key(key)
                 self._report_read("l1", tag_tier(exc, "l1"))
                 return self._read_one_from_l2(key, exc)
-            if entry is not None and (not entry.tags or self.tag_index.valid(entry)):
+            if entry is not None and (not entry.tags or self._tag_valid(entry)):
                 self._count_l1_hit()
                 return entry
             return self._read_one_from_l2(key, None)

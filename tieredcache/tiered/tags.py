@@ -12,7 +12,9 @@ No read scans the keyspace and an L1 hit makes no L2 round trip: this process ke
 tag's invalidation version in memory and reads it again from L2 only when its copy is older
 than ``tag_ttl`` seconds, or sooner when the backplane reports that the reserved key changed
 (the write of the record is announced like any write). An untagged entry costs one attribute
-check; a tagged L1 hit costs a clock read and one dictionary lookup per tag.
+check; a tagged L1 hit costs one dictionary lookup per tag (the trust in the copies is
+ended every ``tag_ttl`` seconds by a daemon thread, or, with a clock other than
+:func:`time.time`, by deadlines read on each tagged hit).
 
 Guarantees:
 
@@ -33,8 +35,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import typing as t
+import weakref
 
+from tieredcache import lifecycle
 from tieredcache.entry import Entry
 from tieredcache.entry import next_version
 from tieredcache.errors import InvalidKeyError
@@ -83,24 +88,46 @@ class TagIndex:
         again.
     """
 
+    #: ``valid(entry)``: True unless one of the entry's tags was invalidated at or after
+    #: its write.
+    valid: t.Callable[[Entry], bool]
+
     def __init__(self, cache: TieredCache, ttl: float) -> None:
         self.cache = cache
         self.ttl = ttl
+        self._timer = cache.timer
         self._lock = threading.Lock()
-        # tag -> (invalidation version, time after which L2 is asked again)
-        self._versions: dict[str, tuple[int, float]] = {}
+        # tag -> invalidation version, for the tags whose version is trusted now
+        self._versions: dict[str, int] = {}
+        # tag -> the newest version ever known (never lowered by a read of an older record)
+        self._floor: dict[str, int] = {}
+        # With the real clock a ticker thread ends the trust every ``ttl`` seconds, so that
+        # a tagged hit reads no clock; with another clock each version carries a deadline.
+        self._real_clock = cache.timer is time.time
+        self._until: dict[str, float] = {}
+        self.valid = self._valid_ticked if self._real_clock else self._valid_timed
+        if self._real_clock:
+            _ticker.add(self)
 
-    def valid(self, entry: Entry) -> bool:
-        """True unless one of the entry's tags was invalidated at or after its write."""
+    def _valid_ticked(self, entry: Entry) -> bool:
+        # On every tagged hit: one dictionary lookup per tag, and no clock.
         versions = self._versions
-        now = self.cache.timer()
+        version = entry.version
         for tag in entry.tags:
             known = versions.get(tag)
-            if known is None or known[1] <= now:
-                return self._valid_after_load(entry, now)
-            if entry.version <= known[0]:
+            if known is None:
+                return self._valid_after_load(entry)
+            if version <= known:
                 return False
         return True
+
+    def _valid_timed(self, entry: Entry) -> bool:
+        now = self._timer()
+        until = self._until
+        for tag in entry.tags:
+            if until.get(tag, now) <= now:
+                self.expire([tag])
+        return self._valid_ticked(entry)
 
     def keep_valid(self, entries: dict[str, Entry]) -> dict[str, Entry]:
         """``entries`` without the tagged ones that were invalidated."""
@@ -111,39 +138,42 @@ class TagIndex:
             return entries
         return {k: e for k, e in entries.items() if not e.tags or self.valid(e)}
 
-    def _valid_after_load(self, entry: Entry, now: float) -> bool:
+    def _valid_after_load(self, entry: Entry) -> bool:
         versions = self._versions
-        due = [tag for tag in entry.tags if versions.get(tag, (0, now))[1] <= now]
+        due = [tag for tag in entry.tags if tag not in versions]
         if due:
-            self.load(due, now)
-        return all(entry.version > versions[tag][0] for tag in entry.tags)
+            self.load(due)
+        for tag in entry.tags:
+            known = versions.get(tag, self._floor.get(tag, _NEVER))
+            if entry.version <= known:
+                return False
+        return True
 
-    def load(self, tags: t.Sequence[str], now: float) -> None:
+    def load(self, tags: t.Sequence[str]) -> None:
         """Read the invalidation versions of ``tags`` from L2 (one batched read)."""
-        found: dict[str, Entry] = {}
         try:
             found = self.cache.gate.read([tag_key(tag) for tag in tags])
         except Exception as exc:
             # What L2 holds cannot be learnt now; what this process knows still applies.
             logger.warning("tiered: reading tag versions failed: %r", exc)
-        until = now + self.ttl
+            return
+        until = self._timer() + self.ttl
         with self._lock:
             for tag in tags:
-                record = found.get(tag_key(tag))
-                version = _version_of(record)
-                known = self._versions.get(tag)
-                if known is not None and known[0] > version:
-                    version = known[0]
-                self._versions[tag] = (version, until)
+                version = max(_version_of(found.get(tag_key(tag))), self._floor.get(tag, _NEVER))
+                self._floor[tag] = version
+                self._until[tag] = until
+                self._versions[tag] = version
 
     def note(self, tags: t.Iterable[str], version: int) -> None:
         """Record locally that ``tags`` were invalidated at ``version``."""
-        until = self.cache.timer() + self.ttl
         with self._lock:
             for tag in tags:
+                if self._floor.get(tag, _NEVER) < version:
+                    self._floor[tag] = version
                 known = self._versions.get(tag)
-                if known is None or known[0] < version:
-                    self._versions[tag] = (version, until)
+                if known is not None and known < version:
+                    self._versions[tag] = version
 
     def invalidate(self, tags: t.Iterable[str]) -> int:
         """Invalidate every entry carrying one of ``tags``; the invalidation version.
@@ -169,21 +199,62 @@ class TagIndex:
         self.cache.write_entries(records, self.cache.timer())
         return version
 
+    def expire(self, tags: t.Iterable[str] | None = None) -> None:
+        """Stop trusting the versions of ``tags`` (all when ``None``): read them again."""
+        with self._lock:
+            if tags is None:
+                self._versions = {}
+            else:
+                for tag in tags:
+                    self._versions.pop(tag, None)
+
     def forget(self, keys: t.Iterable[str]) -> None:
         """The records of these keys changed elsewhere: read them from L2 on next use."""
-        with self._lock:
-            for key in keys:
-                if key.startswith(TAG_PREFIX):
-                    known = self._versions.get(key[len(TAG_PREFIX) :])
-                    if known is not None:
-                        self._versions[key[len(TAG_PREFIX) :]] = (known[0], float("-inf"))
+        self.expire([key[len(TAG_PREFIX) :] for key in keys if key.startswith(TAG_PREFIX)])
 
     def reset(self) -> None:
         """Messages may have been missed: read every tag from L2 on next use."""
+        self.expire()
+
+
+class _Ticker:
+    """One daemon thread ending the trust of every real-clock :class:`TagIndex` in time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._indexes: weakref.WeakSet[TagIndex] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+
+    def add(self, index: TagIndex) -> None:
         with self._lock:
-            self._versions = {
-                tag: (version, float("-inf")) for tag, (version, _) in self._versions.items()
-            }
+            self._indexes.add(index)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tieredcache-tags", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        last: dict[int, float] = {}
+        while True:
+            indexes = list(self._indexes)
+            step = min([i.ttl for i in indexes] + [1.0])
+            time.sleep(max(step / 2, 0.01))
+            now = time.monotonic()
+            for index in indexes:
+                if now - last.get(id(index), 0.0) >= index.ttl:
+                    last[id(index)] = now
+                    index.expire()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._thread = None  # the parent's thread does not exist in the child
+        if len(self._indexes):
+            self.add(next(iter(self._indexes)))
+
+
+_ticker = _Ticker()
+lifecycle.on_fork(_ticker.after_fork, lifecycle.Stage.EXECUTORS)
 
 
 def _version_of(record: Entry | None) -> int:
