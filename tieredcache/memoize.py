@@ -31,9 +31,6 @@ from tieredcache.errors import UnstableKeyError
 from tieredcache.tiered.loading import resolve
 from tieredcache.tiered.tags import check_tags
 
-if t.TYPE_CHECKING:
-    from tieredcache.tiered.cache import TieredCache
-
 __all__ = ["Memoized", "MemoizedMany", "many_memoizer", "memoizer", "stable_repr"]
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
@@ -83,7 +80,7 @@ class _Base:
 
     def __init__(
         self,
-        cache: TieredCache,
+        cache: t.Any,
         func: t.Callable[..., t.Any],
         ttl: t.Any,
         tags: tuple[str, ...],
@@ -135,7 +132,7 @@ class Memoized(_Base, t.Generic[F]):
 
     def __init__(
         self,
-        cache: TieredCache,
+        cache: t.Any,
         func: t.Callable[..., t.Any],
         *,
         ttl: t.Any,
@@ -186,7 +183,7 @@ class Memoized(_Base, t.Generic[F]):
 
     def invalidate(self, *args: t.Any, **kwargs: t.Any) -> bool:
         """Delete the cached result of the call with these arguments; True if one was held."""
-        return self.cache.delete(self.cache_key(*args, **kwargs))
+        return bool(self.cache.delete(self.cache_key(*args, **kwargs)))
 
     def refresh(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         """Call the function now, store its result (ordered like any write), return it."""
@@ -254,7 +251,7 @@ class MemoizedMany(_Base, t.Generic[F]):
 
     def invalidate(self, *items: t.Any) -> int:
         """Delete the cached results of ``items``; how many were held."""
-        return self.cache.delete_many([self._item_key(i) for i in items])
+        return int(self.cache.delete_many([self._item_key(i) for i in items]))
 
     def refresh(self, *items: t.Any) -> list[t.Any]:
         """Call the function for ``items`` now and store the results."""
@@ -308,7 +305,8 @@ def many_memoizer(
     tags: t.Any = (),
     key: t.Callable[..., str] | None = None,
 ) -> t.Callable[[F], MemoizedMany[F]]:
-    """The decorator behind :meth:`TieredCache.memoize_many`."""
+    """The decorator behind
+    :meth:`TieredCache.memoize_many <tieredcache.TieredCache.memoize_many>`."""
     chosen = check_tags(tags) if tags else ()
 
     def decorate(func: F) -> MemoizedMany[F]:
