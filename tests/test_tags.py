@@ -297,3 +297,73 @@ def test_a_tagged_l1_hit_costs_at_most_one_and_a_half_untagged() -> None:
     plain, tagged = best("plain"), best("tagged")
     print(f"untagged L1 hit {plain / 20_000 * 1e9:.0f} ns, tagged {tagged / 20_000 * 1e9:.0f} ns")
     assert tagged <= 1.5 * plain
+
+
+# -- pattern invalidation -------------------------------------------------------------------------
+
+
+def test_pattern_invalidation_across_processes_on_real_redis(redis_url: str) -> None:
+    import redis
+
+    prefix = f"patx{uuid.uuid4().hex[:8]}:"
+    a, b = make_cache(redis_url, prefix), make_cache(redis_url, prefix)
+    client = redis.Redis.from_url(redis_url)
+    client.set("outside:session:1", b"kept")  # outside the prefix: never touched
+    try:
+        a.set_many({"session:1": 1, "session:2": 2, "user:1": 3})
+        assert b.get_many(["session:1", "session:2", "user:1"]) == {
+            "session:1": 1,
+            "session:2": 2,
+            "user:1": 3,
+        }
+        assert a.invalidate_pattern("session:*") == 2
+        assert a.get_many(["session:1", "session:2", "user:1"]) == {"user:1": 3}
+        assert wait_until(lambda: b.l1.get("session:1") is None, 5)
+        assert b.get_many(["session:1", "session:2", "user:1"]) == {"user:1": 3}
+        assert client.get("outside:session:1") == b"kept"
+        later = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                LATER.replace('["a", "b", "c"]', '["session:1", "user:1"]'),
+                redis_url,
+                prefix,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert later.stdout.strip() == repr({"user:1": 3})
+    finally:
+        client.delete("outside:session:1")
+        client.close()
+        a.close()
+        b.close()
+
+
+def test_pattern_invalidation_on_memcached_says_to_use_tags(memcached_servers: t.Any) -> None:
+    from tieredcache import MemcachedBackend
+    from tieredcache import UnsupportedOperationError
+
+    cache = TieredCache(MemoryBackend(), MemcachedBackend(memcached_servers, prefix="patm:"))
+    try:
+        cache.set("session:1", 1)
+        with pytest.raises(UnsupportedOperationError, match="tag"):
+            cache.invalidate_pattern("session:*")
+        assert cache.get("session:1") == 1  # nothing deleted
+    finally:
+        cache.close()
+
+
+def test_pattern_invalidation_is_ordered_against_a_refill() -> None:
+    # A read that fetched a matched key from L2 before the deletion cannot put it back in L1.
+    l1, l2 = MemoryBackend(), MemoryBackend()
+    cache = TieredCache(l1, l2)
+    l2.set("session:1", "old")
+    tokens = cache._ordering.begin_read(["session:1"])
+    fetched = l2.get_entries(["session:1"])
+    assert cache.invalidate_pattern("session:*") == 1
+    cache._refill(dict(zip(["session:1"], tokens)), fetched)
+    cache._ordering.end_read(["session:1"], tokens)
+    assert cache.get("session:1") is None
