@@ -101,9 +101,9 @@ def test_a_cache_used_before_fork_works_in_the_child(redis_url: str, policy: str
         assert os.read(read, 4096) == b"ok"
     finally:
         os.close(read)
-        if not os.waitpid(pid, os.WNOHANG)[0]:
+        if not os.waitpid(pid, os.WNOHANG)[0]:  # not reaped yet: still running
             os.kill(pid, 9)
-        os.waitpid(pid, 0)
+            os.waitpid(pid, 0)
         cache.close()
     if policy != "race-drop":  # DROP may leave L2 unwritten, by design
         raw = RedisBackend.from_url(redis_url)

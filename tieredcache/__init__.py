@@ -23,11 +23,13 @@ from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DegradedTierWarning
 from tieredcache.errors import DeserializationError
 from tieredcache.errors import InvalidKeyError
+from tieredcache.errors import LoaderTimeoutError
 from tieredcache.errors import LockTimeoutError
 from tieredcache.errors import OffloadError
 from tieredcache.errors import SerializationError
 from tieredcache.errors import TieredCacheError
 from tieredcache.errors import TieredCacheWarning
+from tieredcache.errors import UnstableKeyError
 from tieredcache.errors import UnsupportedOperationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.policies import LoserPolicy
@@ -47,6 +49,7 @@ from tieredcache.serializers import PickleSerializer
 from tieredcache.serializers import Serializer
 from tieredcache.serializers import SignedSerializer
 from tieredcache.tiered import TieredCache
+from tieredcache.tiered.loading import Loaded
 
 __version__ = "0.1.0"
 
@@ -67,6 +70,8 @@ _LAZY = {
     "Backplane": "tieredcache.backplane",
     "RedisBackplane": "tieredcache.backplane",
     "RedisLock": "tieredcache.redislock",
+    "Memoized": "tieredcache.memoize",
+    "MemoizedMany": "tieredcache.memoize",
     "set_default_offload": "tieredcache.offload",
 }
 
@@ -97,6 +102,8 @@ __all__ = [
     "TieredCache",
     "WritePolicy",
     "JSONSerializer",
+    "Loaded",
+    "LoaderTimeoutError",
     "LockTimeoutError",
     "MemoryBackend",
     "NullBackend",
@@ -107,6 +114,7 @@ __all__ = [
     "SignedSerializer",
     "TieredCacheError",
     "TieredCacheWarning",
+    "UnstableKeyError",
     "UnsupportedOperationError",
     "ValueTooLargeError",
     "__version__",

@@ -1,8 +1,9 @@
 """Entries, time and versions.
 
 Every stored value travels as an :class:`Entry`: the value, its absolute expiry in epoch
-seconds (``None`` means never), a per-key write ``version`` and, for stale-while-revalidate,
-``stale_at``. "No expiry" (``expires_at=None``) and "expired" (``expires_at <= now``) are never
+seconds (``None`` means never), a per-key write ``version`` (wall-clock nanoseconds, so
+also the write time), for stale-while-revalidate ``stale_at``, and the ``tags`` it was
+written with. "No expiry" (``expires_at=None``) and "expired" (``expires_at <= now``) are never
 the same value.
 """
 
@@ -64,9 +65,10 @@ class Entry:
     :param expires_at: epoch seconds after which the entry is expired; ``None`` = never.
     :param version: the write version; later writes of a key carry larger versions.
     :param stale_at: epoch seconds after which the entry is stale but still servable.
+    :param tags: the tags the entry was written with (see :mod:`tieredcache.tiered.tags`).
     """
 
-    __slots__ = ("expires_at", "stale_at", "value", "version")
+    __slots__ = ("expires_at", "stale_at", "tags", "value", "version")
 
     def __init__(
         self,
@@ -74,11 +76,13 @@ class Entry:
         expires_at: float | None = None,
         version: int = 0,
         stale_at: float | None = None,
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.value = value
         self.expires_at = expires_at
         self.version = version
         self.stale_at = stale_at
+        self.tags = tags
 
     def expired(self, now: float) -> bool:
         """True if the entry has expired at ``now``."""
@@ -101,6 +105,7 @@ class Entry:
             "expires_at": self.expires_at,
             "version": self.version,
             "stale_at": self.stale_at,
+            "tags": self.tags,
         }
         fields.update(changes)
         return Entry(**fields)
@@ -113,18 +118,20 @@ class Entry:
             and self.expires_at == other.expires_at
             and self.version == other.version
             and self.stale_at == other.stale_at
+            and self.tags == other.tags
         )
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
+        tags = f", tags={self.tags!r}" if self.tags else ""
         return (
             f"Entry(value={self.value!r}, expires_at={self.expires_at!r}, "
-            f"version={self.version!r}, stale_at={self.stale_at!r})"
+            f"version={self.version!r}, stale_at={self.stale_at!r}{tags})"
         )
 
     def __reduce__(self) -> t.Any:
-        return (Entry, (self.value, self.expires_at, self.version, self.stale_at))
+        return (Entry, (self.value, self.expires_at, self.version, self.stale_at, self.tags))
 
 
 def validate_ttl(ttl: t.Any, *, name: str = "ttl") -> float | None:

@@ -4,6 +4,7 @@ The hierarchy::
 
     TieredCacheError
     ├── ConfigurationError(TieredCacheError, ValueError)   bad ttl, bad option
+    │   └── UnstableKeyError                               a memoized argument has no stable key
     ├── InvalidKeyError(TieredCacheError, ValueError)      not a str, or refused by a store
     ├── BackendError                                       .tier, .backend; cause chained
     │   ├── BackendUnavailableError                        refused, DNS, pool exhausted
@@ -14,6 +15,7 @@ The hierarchy::
     ├── SerializationError                                 value cannot be encoded; nothing written
     │   └── DeserializationError                           read path treats it as a miss
     ├── LockTimeoutError
+    ├── LoaderTimeoutError(TieredCacheError, TimeoutError)  a loader's hard_timeout passed
     ├── OffloadError                                       register after close()
     └── UnsupportedOperationError(TieredCacheError, NotImplementedError)
                                                            the store cannot do this
@@ -39,11 +41,13 @@ __all__ = [
     "DegradedTierWarning",
     "DeserializationError",
     "InvalidKeyError",
+    "LoaderTimeoutError",
     "LockTimeoutError",
     "OffloadError",
     "SerializationError",
     "TieredCacheError",
     "TieredCacheWarning",
+    "UnstableKeyError",
     "UnsupportedOperationError",
     "ValueTooLargeError",
 ]
@@ -55,6 +59,10 @@ class TieredCacheError(Exception):
 
 class ConfigurationError(TieredCacheError, ValueError):
     """An option or argument is invalid, or an optional dependency is missing."""
+
+
+class UnstableKeyError(ConfigurationError):
+    """A memoized function's argument cannot give a key that is stable across processes."""
 
 
 class InvalidKeyError(TieredCacheError, ValueError):
@@ -137,6 +145,10 @@ class DeserializationError(SerializationError):
 
 class LockTimeoutError(TieredCacheError):
     """A lock could not be acquired in time."""
+
+
+class LoaderTimeoutError(TieredCacheError, TimeoutError):
+    """A loader ran longer than its ``hard_timeout`` (it may still finish and store)."""
 
 
 class OffloadError(TieredCacheError):

@@ -5,15 +5,12 @@ Key patterns on a composition
 :func:`invalidate_pattern` and :func:`iter_keys` work on a :class:`~tieredcache.TieredCache`
 (and on any single backend) with the glob syntax of :mod:`tieredcache.keyglob`.
 
-Deleting by pattern follows the composition's delete order: L2 first (the shared
-authority), then this process's L1, then an announcement on the backplane so that every
-other process drops its L1 copies. The backplane has no pattern message, so the
-announcement is a ``"clear"``: other processes flush their whole L1 and re-read from L2
-(correct, and costlier than evicting only the matching keys).
-
-A read in this process that fetched a matching key from L2 just before the L2 deletion may
-still put it back into L1 afterwards, for at most the L1 TTL; ``delete_many`` of known
-keys has no such window.
+Deleting by pattern on a composition is ordered like ``delete_many``: the keys L2 lists
+are deleted in batches through the composition (L2 first, then L1, each batch holding the
+keys' place in the per-key ordering, so a concurrent refill cannot bring a matched key
+back), and each batch is announced on the backplane so that every other process drops
+exactly those L1 copies. Keys that only this process's L1 holds are then dropped too. A
+key written after the listing is written after the call began, and stays.
 """
 
 from __future__ import annotations
@@ -21,10 +18,12 @@ from __future__ import annotations
 import typing as t
 
 from tieredcache.backends.base import Backend
-from tieredcache.entry import next_version
+from tieredcache.errors import UnsupportedOperationError
 from tieredcache.tiered import TieredCache
 
 __all__ = ["invalidate_pattern", "iter_keys"]
+
+_BATCH = 500  # keys per ordered deletion
 
 
 def invalidate_pattern(cache: Backend, pattern: str) -> int:
@@ -37,11 +36,25 @@ def invalidate_pattern(cache: Backend, pattern: str) -> int:
     """
     if not isinstance(cache, TieredCache):
         return cache.invalidate_pattern(pattern)
-    deleted = invalidate_pattern(cache.l2, pattern)
-    l1_deleted = invalidate_pattern(cache.l1, pattern)
-    if cache.backplane is not None:
-        cache.backplane.publish("clear", [], next_version())
-    return deleted or l1_deleted
+    deleted = 0
+    batch: list[str] = []
+    for key in iter_keys(cache, pattern):  # memcached raises here, before any deletion
+        batch.append(key)
+        if len(batch) >= _BATCH:
+            deleted += len(batch)
+            cache.delete_many(batch)
+            batch = []
+    if batch:
+        deleted += len(batch)
+        cache.delete_many(batch)
+    # Keys only this process's L1 holds (L2 lost them, or Refill.NEVER elsewhere).
+    try:
+        l1_only = list(iter_keys(cache.l1, pattern))
+    except UnsupportedOperationError:
+        l1_only = []  # an L1 that cannot list keys holds copies for at most its TTL
+    if l1_only:
+        cache.delete_many(l1_only)
+    return deleted or len(l1_only)
 
 
 def iter_keys(cache: Backend, pattern: str = "*") -> t.Iterator[str]:

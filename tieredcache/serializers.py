@@ -305,6 +305,7 @@ _unpack_after_magic = struct.Struct(">Bddq").unpack_from  # the header after mag
 _loads = pickle.loads
 _HAS_EXPIRES = 1
 _HAS_STALE = 2
+_HAS_TAGS = 4  # the payload is the pair (value, tags)
 
 
 class EntryCodec:
@@ -312,7 +313,9 @@ class EntryCodec:
 
     The header is 28 bytes: magic ``b"TC"``, a format byte, flags, ``expires_at`` and
     ``stale_at`` as IEEE doubles (present only when their flag is set, so "no expiry" is
-    never confused with any time) and ``version`` as a signed 64-bit integer. A signing
+    never confused with any time) and ``version`` as a signed 64-bit integer. An entry with
+    tags sets a flag and its payload is the pair ``(value, tags)``, so the tags are
+    covered by the payload's signature and survive a :meth:`retime`. A signing
     serializer signs the header with the payload. A header whose times are not finite
     numbers (NaN, infinities) is refused as corrupt. Thread-safe.
 
@@ -333,9 +336,11 @@ class EntryCodec:
 
         :raises SerializationError: the value cannot be serialized.
         """
-        header = self.header(entry.expires_at, entry.stale_at, entry.version)
+        tags = entry.tags
+        header = self.header(entry.expires_at, entry.stale_at, entry.version, tagged=bool(tags))
+        value = (entry.value, list(tags)) if tags else entry.value
         try:
-            payload = self.serializer.dumps_with_header(entry.value, header)
+            payload = self.serializer.dumps_with_header(value, header)
         except SerializationError:
             raise
         except Exception as exc:  # a serializer of the caller's own that raised anything
@@ -343,10 +348,14 @@ class EntryCodec:
         return header + payload
 
     @staticmethod
-    def header(expires_at: float | None, stale_at: float | None, version: int) -> bytes:
-        """The envelope header alone."""
-        flags = (_HAS_EXPIRES if expires_at is not None else 0) | (
-            _HAS_STALE if stale_at is not None else 0
+    def header(
+        expires_at: float | None, stale_at: float | None, version: int, *, tagged: bool = False
+    ) -> bytes:
+        """The envelope header alone (``tagged``: the payload carries tags)."""
+        flags = (
+            (_HAS_EXPIRES if expires_at is not None else 0)
+            | (_HAS_STALE if stale_at is not None else 0)
+            | (_HAS_TAGS if tagged else 0)
         )
         return _HEADER.pack(
             _MAGIC,
@@ -394,6 +403,8 @@ class EntryCodec:
                 raise
             except Exception as exc:  # a serializer of the caller's own that raised anything
                 raise DeserializationError(f"cannot decode payload: {exc!r}") from exc
+        if flags & _HAS_TAGS:
+            return _tagged_entry(value, expires, version, stale)
         return Entry(value, expires, version, stale)
 
     def retime(self, data: bytes, expires_at: float | None) -> bytes:
@@ -403,7 +414,7 @@ class EntryCodec:
         :raises DeserializationError: ``data`` is not a valid envelope.
         """
         _, stale_at, version = self.read_header(data)
-        new_header = self.header(expires_at, stale_at, version)
+        new_header = self.header(expires_at, stale_at, version, tagged=bool(data[3] & _HAS_TAGS))
         if not self.signs:
             return new_header + bytes(data[_SIZE:])
         try:
@@ -416,6 +427,18 @@ class EntryCodec:
 
     def __repr__(self) -> str:
         return f"EntryCodec({self.serializer!r})"
+
+
+def _tagged_entry(pair: t.Any, expires: float | None, version: int, stale: float | None) -> Entry:
+    """The entry of a tagged payload ``(value, tags)``."""
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not isinstance(pair[1], (tuple, list))
+        or not all(isinstance(tag, str) for tag in pair[1])
+    ):
+        raise DeserializationError("a tagged envelope does not hold a (value, tags) pair")
+    return Entry(pair[0], expires, version, stale, tuple(pair[1]))
 
 
 def _times(flags: int, expires_at: float, stale_at: float) -> tuple[float | None, float | None]:

@@ -360,7 +360,7 @@ class MemoryBackend(Backend):
         value = self._thaw_value(key, stored)
         if value is _CORRUPT_VALUE:
             return None
-        return Entry(value, stored.expires_at, stored.version, stored.stale_at)
+        return Entry(value, stored.expires_at, stored.version, stored.stale_at, stored.tags)
 
     def _thaw_value(self, key: str, stored: Entry) -> t.Any:
         """The stored payload deserialized, or ``_CORRUPT_VALUE`` (logged and counted)."""
@@ -412,7 +412,7 @@ class MemoryBackend(Backend):
                 raise SerializationError(
                     f"cannot serialize {type(entry.value).__name__}: {exc!r}"
                 ) from exc
-            stored = Entry(payload, entry.expires_at, entry.version, entry.stale_at)
+            stored = Entry(payload, entry.expires_at, entry.version, entry.stale_at, entry.tags)
             return stored, (_entry_bytes(stored, sys.getsizeof(payload)) if self.max_bytes else 0)
         if self.max_bytes is None:
             return entry, 0

@@ -53,17 +53,20 @@ from tieredcache.serializers import Serializer
 from tieredcache.stats import TIERED_COUNTERS
 from tieredcache.stats import TIERED_INDEX
 from tieredcache.stats import Counters
+from tieredcache.tiered.features import CacheFeatures
 from tieredcache.tiered.l2gate import L2Gate
 from tieredcache.tiered.l2gate import PartialFailureHook
 from tieredcache.tiered.l2gate import delete_replay
 from tieredcache.tiered.l2gate import set_replay
 from tieredcache.tiered.l2gate import touch_replay
+from tieredcache.tiered.loading import LoadOptions
 from tieredcache.tiered.ordering import L1
 from tieredcache.tiered.ordering import Ordering
 from tieredcache.tiered.ordering import ReadToken
 from tieredcache.tiered.readflight import Flight
 from tieredcache.tiered.readflight import ReadFlights
 from tieredcache.tiered.refresh import Refresher
+from tieredcache.tiered.tags import TagIndex
 
 if t.TYPE_CHECKING:
     from tieredcache.backplane import Backplane
@@ -81,7 +84,7 @@ _REFILLS, _REFILLS_SKIPPED = _IDX["refills"], _IDX["refills_skipped"]
 _REFILL_ERRORS, _INVALIDATIONS = _IDX["refill_errors"], _IDX["invalidations_received"]
 
 
-class TieredCache(Backend):
+class TieredCache(CacheFeatures, Backend):
     """Two layers composed by a read, a write and a refill policy; a backend itself.
 
     Thread-safe and fork-safe. Per key, writes from this process land in every layer in the
@@ -117,6 +120,9 @@ class TieredCache(Backend):
     :param jitter: a fraction in ``[0, 1)``: each write's TTL is shortened by a random part
         of it, so entries written together do not all expire together.
     :param replay_limit: the most keys whose failed L2 writes wait for replay.
+    :param tag_ttl: how long, in seconds, this process trusts its copy of a tag's
+        invalidation time before reading it from L2 again (the backplane makes it sooner);
+        see :mod:`tieredcache.tiered.tags`.
 
     ``cache.events`` (:class:`~tieredcache.events.Events`) tells subscribers when the
     breaker opens or closes, a replay is done, the backplane resets L1 or a stale value is
@@ -144,6 +150,7 @@ class TieredCache(Backend):
         backplane: Backplane | None = None,
         jitter: float = 0.0,
         replay_limit: int = 10_000,
+        tag_ttl: float = 1.0,
     ) -> None:
         if not isinstance(l1, Backend) or not isinstance(l2, Backend):
             raise ConfigurationError("l1 and l2 must be Backend instances")
@@ -214,6 +221,11 @@ class TieredCache(Backend):
             backplane=backplane,
             on_partial_failure=self._report_l2_partial,
         )
+        tag_seconds = validate_ttl(tag_ttl, name="tag_ttl")
+        if tag_seconds is None or tag_seconds < 0:
+            raise ConfigurationError(f"tag_ttl must be a number of seconds >= 0, not {tag_ttl!r}")
+        self.tag_index = TagIndex(self, tag_seconds)
+        self._tag_valid = self.tag_index.valid
         self._refresher = Refresher(self, self._gate, self._ordering, self._counters, self._flights)
         self.events = events = Events()
         self._gate.events = events
@@ -362,7 +374,7 @@ class TieredCache(Backend):
                 self._report_read("l1", tag_tier(exc, "l1"))
                 entry = self._read_one_from_l2(key, exc)
             else:
-                if entry is not None:
+                if entry is not None and (not entry.tags or self._tag_valid(entry)):
                     self._count_l1_hit()
                     return entry.value
                 entry = self._read_one_from_l2(key, None)
@@ -378,7 +390,7 @@ class TieredCache(Backend):
                 check_key(key)
                 self._report_read("l1", tag_tier(exc, "l1"))
                 return self._read_one_from_l2(key, exc)
-            if entry is not None:
+            if entry is not None and (not entry.tags or self._tag_valid(entry)):
                 self._count_l1_hit()
                 return entry
             return self._read_one_from_l2(key, None)
@@ -388,10 +400,13 @@ class TieredCache(Backend):
     def l1_entry(self, key: str) -> Entry | None:
         """L1's unexpired entry for ``key``; an L1 failure is a (counted) miss."""
         try:
-            return self.l1.get_entry(key)
+            entry = self.l1.get_entry(key)
         except Exception as exc:
             self._report_read("l1", tag_tier(exc, "l1"))
             return None
+        if entry is not None and entry.tags and not self.tag_index.valid(entry):
+            return None
+        return entry
 
     def _read_one_from_l2(self, key: str, l1_error: BaseException | None) -> Entry | None:
         """L1 missed (or failed on) ``key``: read it from L2 (or share a read in flight of
@@ -409,6 +424,8 @@ class TieredCache(Backend):
                         leader = False
                         self._reads.land(key, flight, None, exc)
                         raise
+                    if entry is not None and entry.tags and not self.tag_index.valid(entry):
+                        entry = None
                 else:
                     entry = self._shared_answer(key, flight)
             except Exception as exc:
@@ -461,7 +478,7 @@ class TieredCache(Backend):
             found: dict[str, Entry] = {}
             if led:
                 try:
-                    found = self._gate.read(list(led))
+                    found = self._read_l2(list(led))
                 except BaseException as exc:
                     for key, flight in led.items():
                         reads.land(key, flight, None, exc)
@@ -491,7 +508,7 @@ class TieredCache(Backend):
 
         def l1_leg(wanted: list[str]) -> dict[str, Entry]:
             try:
-                return self.l1.get_entries(wanted)
+                return self.tag_index.keep_valid(self.l1.get_entries(wanted))
             except Exception as exc:
                 failures.append(exc)
                 raise
@@ -522,6 +539,10 @@ class TieredCache(Backend):
         finally:
             self._ordering.end_read(keys, tokens)
         return {k: e for k, (e, _) in answer.items()}
+
+    def _read_l2(self, keys: list[str]) -> dict[str, Entry]:
+        """L2's entries of ``keys``, without the ones whose tags were invalidated."""
+        return self.tag_index.keep_valid(self._gate.read(keys))
 
     def _refill(self, token_of: t.Mapping[str, ReadToken], from_l2: dict[str, Entry]) -> None:
         """Copy L2's answers into L1, unless a write of the key began since the read did or
@@ -747,13 +768,28 @@ class TieredCache(Backend):
         wait_timeout: float | None = None,
         stale_ttl: float | None = None,
         lock: t.Any = None,
+        tags: t.Any = (),
+        soft_timeout: float | None = None,
+        hard_timeout: float | None = None,
+        refresh_ahead: float | None = None,
     ) -> t.Any:
         """The value under ``key``; on a miss, ``loader()``'s result, stored and returned.
 
-        See :meth:`.Refresher.get_or_set` for single-flight, ``stale_ttl`` and ``lock``.
+        See :meth:`.Refresher.get_or_set` for single-flight, ``stale_ttl`` and ``lock``,
+        and :mod:`.loading` for ``tags``, ``soft_timeout``, ``hard_timeout``,
+        ``refresh_ahead`` and :class:`~tieredcache.Loaded` results.
+
+        :raises LoaderTimeoutError: ``hard_timeout`` passed before the loader finished.
         """
+        options = LoadOptions(tags, soft_timeout, hard_timeout, refresh_ahead)
         return self._refresher.get_or_set(
-            key, loader, ttl, wait_timeout=wait_timeout, stale_ttl=stale_ttl, lock=lock
+            key,
+            loader,
+            ttl,
+            wait_timeout=wait_timeout,
+            stale_ttl=stale_ttl,
+            lock=lock,
+            options=options,
         )
 
     # -- background work and life cycle -----------------------------------------------
@@ -793,6 +829,7 @@ class TieredCache(Backend):
     def _on_invalidate(self, kind: str, keys: list[str]) -> None:
         """Another process changed ``keys``: drop this process's L1 copies."""
         self._counters.slot()[_INVALIDATIONS] += 1
+        self.tag_index.forget(keys)
         if kind == "clear":
             self._on_reset()
             return
@@ -806,6 +843,7 @@ class TieredCache(Backend):
 
     def _on_reset(self) -> None:
         """Invalidations may have been missed: nothing in L1 can be trusted any more."""
+        self.tag_index.reset()
         self._ordering.l1_reset = next_version()
         try:
             self.l1.clear()
