@@ -182,9 +182,7 @@ def main() -> None:
             "django LocMemCache": (locmem.get, None, "key"),
         }
         if options.only:
-            cases = {
-                n: c for n, c in cases.items() if any(n.startswith(p) for p in options.only)
-            }
+            cases = {n: c for n, c in cases.items() if any(n.startswith(p) for p in options.only)}
         results: dict[str, list[float]] = {name: [] for name in cases}
         for round_no in range(options.rounds):
             names_order = list(cases) if round_no % 2 == 0 else list(cases)[::-1]

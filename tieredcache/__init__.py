@@ -65,7 +65,7 @@ _LAZY = {
     "CircuitOpenError": "tieredcache.breaker",
     "Backplane": "tieredcache.backplane",
     "RedisBackplane": "tieredcache.backplane",
-    "RedisLock": "tieredcache.redislock",
+    "RedisLock": "tieredcache.redis.lock",
     "set_default_offload": "tieredcache.offload",
 }
 
