@@ -66,7 +66,7 @@ class Entry:
     :param stale_at: epoch seconds after which the entry is stale but still servable.
     """
 
-    __slots__ = ("expires_at", "stale_at", "value", "version")
+    __slots__ = ("expires_at", "stale_at", "value", "version", "wire")
 
     def __init__(
         self,
@@ -79,6 +79,9 @@ class Entry:
         self.expires_at = expires_at
         self.version = version
         self.stale_at = stale_at
+        #: ``(codec, envelope)``: this entry as a codec encoded it, kept so that a write
+        #: encodes once (the serializability check's bytes are the ones L2 receives).
+        self.wire: tuple[t.Any, bytes] | None = None
 
     def expired(self, now: float) -> bool:
         """True if the entry has expired at ``now``."""

@@ -239,8 +239,11 @@ class Backend:
         return fresh
 
     def set_entry(self, key: str, entry: Entry) -> None:
-        """Store ``entry`` under ``key``; an already expired entry deletes the key instead."""
-        check_key(key)
+        """Store ``entry`` under ``key``; an already expired entry deletes the key instead.
+
+        ``key`` is trusted: the friendly API and the compositions check keys once, before
+        anything is stamped or encoded.
+        """
         if entry.expires_at is not None and entry.expires_at <= self._now():
             self.delete(key)
             return
@@ -248,8 +251,12 @@ class Backend:
         self._counters.slot()[SETS] += 1
 
     def set_entries(self, items: t.Mapping[str, Entry]) -> None:
-        """Store every item; expired ones delete their key instead."""
-        check_keys(items)
+        """Store every item; expired ones delete their key instead. Keys are trusted (see
+        :meth:`set_entry`); one item is written as a single-key command."""
+        if len(items) == 1:
+            for key, entry in items.items():
+                self.set_entry(key, entry)
+            return
         now = self._now()
         live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
         dead = [k for k in items if k not in live]
@@ -346,6 +353,7 @@ class Backend:
         :raises SerializationError: the value cannot be serialized; nothing was written.
         :raises BackendError: the store failed.
         """
+        check_key(key)
         entry = self._new_entry(value, ttl)
         if entry is None:
             self.delete(key)
@@ -370,6 +378,7 @@ class Backend:
 
     def set_many(self, mapping: t.Mapping[str, t.Any], ttl: t.Any = DEFAULT) -> None:
         """Store every item for ``ttl`` seconds, in one batch where the store allows."""
+        check_keys(mapping)
         seconds = self._ttl_seconds(ttl)
         if seconds is not None and seconds <= 0:
             self.delete_many(list(mapping))

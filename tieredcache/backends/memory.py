@@ -40,7 +40,6 @@ from tieredcache.errors import DeserializationError
 from tieredcache.errors import SerializationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.keys import check_key
-from tieredcache.keys import check_keys
 from tieredcache.keys import unique_keys
 from tieredcache.serializers import PickleSerializer
 from tieredcache.serializers import Serializer
@@ -346,7 +345,6 @@ class MemoryBackend(Backend):
 
     def set_entries(self, items: t.Mapping[str, Entry]) -> None:
         # Backend.set_entries without the driver-error boundary (see set_entry).
-        check_keys(items)
         now = self.timer()
         live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
         if live:
@@ -413,6 +411,9 @@ class MemoryBackend(Backend):
                 ) from exc
             stored = Entry(payload, entry.expires_at, entry.version, entry.stale_at)
             return stored, (_entry_bytes(stored, sys.getsizeof(payload)) if self.max_bytes else 0)
+        if entry.wire is not None:
+            # Written through a composition: L1 does not keep the L2 envelope alive.
+            entry = Entry(entry.value, entry.expires_at, entry.version, entry.stale_at)
         if self.max_bytes is None:
             return entry, 0
         return entry, _entry_bytes(entry, deep_sizeof(entry.value))
@@ -469,8 +470,7 @@ class MemoryBackend(Backend):
 
     def set_entry(self, key: str, entry: Entry) -> None:
         # Backend.set_entry without the driver-error boundary (an in-process store has no
-        # driver): this is the refill of every L2 hit.
-        check_key(key)
+        # driver): this is the refill of every L2 hit. Keys are trusted (see Backend.set_entry).
         expires_at = entry.expires_at
         if expires_at is not None and expires_at <= self.timer():
             self.delete(key)
