@@ -29,11 +29,11 @@ from tieredcache import EntryCodec
 from tieredcache import RedisBackend
 from tieredcache import Serializer
 from tieredcache import SignedSerializer
-from tieredcache.backends.redis import _parse_url
-from tieredcache.backends.redis import _RedisTarget
-from tieredcache.backends.redis import _translate
 from tieredcache.breaker import CircuitOpenError
 from tieredcache.breaker import is_availability_failure
+from tieredcache.redis.connect import RedisTarget as _RedisTarget
+from tieredcache.redis.connect import parse_url as _parse_url
+from tieredcache.redis.connect import translate as _translate
 from tieredcache.testing.clock import FakeClock
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.contract import BackendContract

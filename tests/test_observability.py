@@ -230,7 +230,7 @@ def test_spans_wrap_l2_calls_and_loaders_only_when_asked(redis_url: str) -> None
             cache.get("b")
             assert cache.get_or_set("c", lambda: 3) == 3
             names = [span.name for span in exporter.get_finished_spans()]
-            assert "tieredcache.l2.get_entries" in names and "tieredcache.load" in names
+            assert "tieredcache.l2.get_entry" in names and "tieredcache.load" in names
             assert "tieredcache.l2.set_entries" in names
         finally:
             meter_provider.shutdown()

@@ -1442,11 +1442,19 @@ class PausingAfterRead(FaultyBackend):
         self.read_done = threading.Event()
         self.resume = threading.Event()
 
-    def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
-        found = super().get_entries(keys)
+    def _pause_once(self) -> None:
         if not self.read_done.is_set():
             self.read_done.set()
             assert self.resume.wait(WAIT)
+
+    def get_entry(self, key: str) -> Entry | None:
+        found = super().get_entry(key)  # a single-key read stays single-key
+        self._pause_once()
+        return found
+
+    def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
+        found = super().get_entries(keys)
+        self._pause_once()
         return found
 
 

@@ -27,7 +27,7 @@ from tieredcache import BackendUnavailableError
 from tieredcache import ConfigurationError
 from tieredcache import Entry
 from tieredcache import LockTimeoutError
-from tieredcache.redislock import RedisLock
+from tieredcache.redis.lock import RedisLock
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.servers import RedisServer
 
@@ -342,7 +342,7 @@ CHILD = textwrap.dedent(
     import json, sys
     import redis
     from tieredcache import Entry, LockTimeoutError
-    from tieredcache.redislock import RedisLock
+    from tieredcache.redis.lock import RedisLock
     from tieredcache.testing.clock import wait_until
 
     url, rounds, processes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -69,7 +69,7 @@ _LAZY = {
     "CircuitOpenError": "tieredcache.breaker",
     "Backplane": "tieredcache.backplane",
     "RedisBackplane": "tieredcache.backplane",
-    "RedisLock": "tieredcache.redislock",
+    "RedisLock": "tieredcache.redis.lock",
     "Memoized": "tieredcache.memoize",
     "MemoizedMany": "tieredcache.memoize",
     "set_default_offload": "tieredcache.offload",

@@ -94,10 +94,10 @@ except ImportError as exc:  # pragma: no cover - redis is a declared dependency
         "RedisBackplane needs the 'redis' package; install it with `pip install redis`"
     ) from exc
 
-from tieredcache.backends.redis import _DRIVER_ERRORS
-from tieredcache.backends.redis import _close_all
-from tieredcache.backends.redis import _connect_url
-from tieredcache.backends.redis import _describe
+from tieredcache.redis.connect import DRIVER_ERRORS as _DRIVER_ERRORS
+from tieredcache.redis.connect import close_all as _close_all
+from tieredcache.redis.connect import connect_url as _connect_url
+from tieredcache.redis.connect import describe as _describe
 
 __all__ = [
     "DEFAULT_CHANNEL",

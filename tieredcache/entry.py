@@ -68,7 +68,7 @@ class Entry:
     :param tags: the tags the entry was written with (see :mod:`tieredcache.tiered.tags`).
     """
 
-    __slots__ = ("expires_at", "stale_at", "tags", "value", "version")
+    __slots__ = ("expires_at", "stale_at", "tags", "value", "version", "wire")
 
     def __init__(
         self,
@@ -83,6 +83,9 @@ class Entry:
         self.version = version
         self.stale_at = stale_at
         self.tags = tags
+        #: ``(codec, envelope)``: this entry as a codec encoded it, kept so that a write
+        #: encodes once (the serializability check's bytes are the ones L2 receives).
+        self.wire: tuple[t.Any, bytes] | None = None
 
     def expired(self, now: float) -> bool:
         """True if the entry has expired at ``now``."""

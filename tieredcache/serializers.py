@@ -336,6 +336,9 @@ class EntryCodec:
 
         :raises SerializationError: the value cannot be serialized.
         """
+        wire = entry.wire
+        if wire is not None and wire[0] is self:
+            return wire[1]
         tags = entry.tags
         header = self.header(entry.expires_at, entry.stale_at, entry.version, tagged=bool(tags))
         value = (entry.value, list(tags)) if tags else entry.value
@@ -346,6 +349,16 @@ class EntryCodec:
         except Exception as exc:  # a serializer of the caller's own that raised anything
             raise _encode_failure(repr(self.serializer), entry.value, exc) from exc
         return header + payload
+
+    def encode_once(self, entry: Entry) -> bytes:
+        """:meth:`encode`, keeping the envelope on ``entry`` so that a later :meth:`encode`
+        of the same entry by this codec returns it without serializing again.
+
+        :raises SerializationError: the value cannot be serialized.
+        """
+        data = self.encode(entry)
+        entry.wire = (self, data)
+        return data
 
     @staticmethod
     def header(

@@ -17,6 +17,7 @@ import pickle
 import threading
 import time
 import typing as t
+import warnings
 
 import django
 import pytest
@@ -390,6 +391,25 @@ def test_keys_memcached_cannot_take_warn_and_are_still_stored(cache: t.Any, key:
         assert cache.get_many([key]) == {key: "v"}
     with pytest.warns(CacheKeyWarning):
         assert cache.delete(key) is True
+
+
+@pytest.mark.parametrize("key", ["k", 7, "é", "x" * 200, "a:b"])
+@pytest.mark.parametrize("version", [None, 3])
+def test_made_keys_are_djangos_and_clean_ones_never_warn(
+    cache: t.Any, key: t.Any, version: int | None
+) -> None:
+    from django.core.cache.backends.base import BaseCache
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheKeyWarning)
+        made = cache.make_and_validate_key(key, version=version)
+        assert made == BaseCache.make_key(cache, key, version=version)
+        cache.key_prefix, cache.version = "other", 9  # read on every call, never remembered
+        assert cache.make_and_validate_key(key, version=version) == BaseCache.make_key(
+            cache, key, version=version
+        )
+        cache.set(key, "v", version=version)
+        assert cache.get(key, version=version) == "v"
 
 
 def test_a_key_function_that_reads_request_state_is_honoured(

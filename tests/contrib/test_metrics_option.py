@@ -51,8 +51,9 @@ def test_django_reports_every_configured_cache_to_prometheus() -> None:
 
 def test_django_refuses_an_unknown_metrics_value() -> None:
     entry = {"BACKEND": BACKEND, "LOCATION": "memory://x", "OPTIONS": {"METRICS": "statsd"}}
-    with override_settings(CACHES={"default": entry}), pytest.raises(
-        ImproperlyConfigured, match="METRICS must be one of"
+    with (
+        override_settings(CACHES={"default": entry}),
+        pytest.raises(ImproperlyConfigured, match="METRICS must be one of"),
     ):
         caches["default"].get("k")
 

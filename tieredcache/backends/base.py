@@ -22,20 +22,34 @@ from tieredcache.entry import next_version
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import BackendError
 from tieredcache.errors import DeserializationError
-from tieredcache.errors import InvalidKeyError
 from tieredcache.errors import TieredCacheError
 from tieredcache.errors import UnsupportedOperationError
 from tieredcache.keyglob import compile_glob
+from tieredcache.keys import check_key
+from tieredcache.keys import check_keys
+from tieredcache.keys import unique_keys
 from tieredcache.locks import SingleFlight
 from tieredcache.serializers import EntryCodec
 from tieredcache.stats import COUNTERS
 from tieredcache.stats import Counters
 
-__all__ = ["COUNTERS", "Backend", "check_key", "unique_keys"]
+__all__ = [
+    "CORRUPT",
+    "COUNTERS",
+    "DELETES",
+    "ERRORS",
+    "HITS",
+    "MISSES",
+    "SETS",
+    "Backend",
+    "check_key",
+    "unique_keys",
+]
 
 logger = logging.getLogger("tieredcache")
 
-_HITS, _MISSES, _ERRORS, _CORRUPT, _SETS, _DELETES = range(len(COUNTERS))
+#: The index of each of :data:`COUNTERS` in a counter slot.
+HITS, MISSES, ERRORS, CORRUPT, SETS, DELETES = range(len(COUNTERS))
 
 T = t.TypeVar("T")
 
@@ -180,13 +194,13 @@ class Backend:
 
     def _corrupt(self, key: str, exc: DeserializationError) -> None:
         """Count and log a payload that failed to verify or decode (the read is a miss)."""
-        self._counters.slot()[_CORRUPT] += 1
+        self._counters.slot()[CORRUPT] += 1
         logger.warning("%s: discarding an undecodable payload for %r: %s", self.name, key, exc)
 
     def _count_lookups(self, hits: int, misses: int) -> None:
         slot = self._counters.slot()
-        slot[_HITS] += hits
-        slot[_MISSES] += misses
+        slot[HITS] += hits
+        slot[MISSES] += misses
 
     def _now(self) -> float:
         return self.timer()
@@ -217,27 +231,27 @@ class Backend:
         :raises InvalidKeyError: ``key`` is not a string.
         :raises BackendError: the store failed.
         """
-        _check_key(key)
+        check_key(key)
         try:
             entry = self._call(self._get, key)
         except BaseException:
-            self._counters.slot()[_ERRORS] += 1
+            self._counters.slot()[ERRORS] += 1
             raise
         if entry is None or (entry.expires_at is not None and entry.expires_at <= self._now()):
-            self._counters.slot()[_MISSES] += 1
+            self._counters.slot()[MISSES] += 1
             return None
-        self._counters.slot()[_HITS] += 1
+        self._counters.slot()[HITS] += 1
         return entry
 
     def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
         """The unexpired entries of ``keys``, by key; missing keys are absent."""
-        wanted = _unique_keys(keys)
+        wanted = unique_keys(keys)
         if not wanted:
             return {}
         try:
             found = self._call(self._get_many, wanted)
         except BaseException:
-            self._counters.slot()[_ERRORS] += len(wanted)
+            self._counters.slot()[ERRORS] += len(wanted)
             raise
         now = self._now()
         fresh = {
@@ -249,64 +263,71 @@ class Backend:
         return fresh
 
     def set_entry(self, key: str, entry: Entry) -> None:
-        """Store ``entry`` under ``key``; an already expired entry deletes the key instead."""
-        _check_key(key)
+        """Store ``entry`` under ``key``; an already expired entry deletes the key instead.
+
+        ``key`` is trusted: the friendly API and the compositions check keys once, before
+        anything is stamped or encoded.
+        """
         if entry.expires_at is not None and entry.expires_at <= self._now():
             self.delete(key)
             return
         self._call(self._set, key, entry)
-        self._counters.slot()[_SETS] += 1
+        self._counters.slot()[SETS] += 1
 
     def set_entries(self, items: t.Mapping[str, Entry]) -> None:
-        """Store every item; expired ones delete their key instead."""
-        _check_keys(items)
+        """Store every item; expired ones delete their key instead. Keys are trusted (see
+        :meth:`set_entry`); one item is written as a single-key command."""
+        if len(items) == 1:
+            for key, entry in items.items():
+                self.set_entry(key, entry)
+            return
         now = self._now()
         live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
         dead = [k for k in items if k not in live]
         if live:
             self._call(self._set_many, live)
-            self._counters.slot()[_SETS] += len(live)
+            self._counters.slot()[SETS] += len(live)
         if dead:
             self.delete_many(dead)
 
     def add_entry(self, key: str, entry: Entry) -> bool:
         """Store ``entry`` only if ``key`` holds no unexpired entry (atomic); True if stored."""
-        _check_key(key)
+        check_key(key)
         if entry.expires_at is not None and entry.expires_at <= self._now():
             return False
         added = self._call(self._add, key, entry)
         if added:
-            self._counters.slot()[_SETS] += 1
+            self._counters.slot()[SETS] += 1
         return added
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if it held an entry."""
-        _check_key(key)
+        check_key(key)
         deleted = self._call(self._delete, key)
-        self._counters.slot()[_DELETES] += 1
+        self._counters.slot()[DELETES] += 1
         return deleted
 
     def delete_many(self, keys: t.Iterable[str]) -> int:
         """Remove ``keys``; how many held an entry."""
-        wanted = _unique_keys(keys)
+        wanted = unique_keys(keys)
         if not wanted:
             return 0
         deleted = self._call(self._delete_many, wanted)
-        self._counters.slot()[_DELETES] += len(wanted)
+        self._counters.slot()[DELETES] += len(wanted)
         return deleted
 
     def delete_each(self, keys: t.Iterable[str]) -> list[str]:
         """Remove ``keys``; the ones that held an entry, in the order given."""
-        wanted = _unique_keys(keys)
+        wanted = unique_keys(keys)
         if not wanted:
             return []
         deleted = self._call(self._delete_each, wanted)
-        self._counters.slot()[_DELETES] += len(wanted)
+        self._counters.slot()[DELETES] += len(wanted)
         return deleted
 
     def touch_entry(self, key: str, expires_at: float | None) -> bool:
         """Give the unexpired entry under ``key`` a new absolute expiry; False if none."""
-        _check_key(key)
+        check_key(key)
         if expires_at is not None and expires_at <= self._now():
             return self.delete(key)
         return self._call(self._touch, key, expires_at)
@@ -319,11 +340,11 @@ class Backend:
         :raises KeyError: the key is missing or expired.
         :raises TypeError: ``delta`` or the stored value is not an integer.
         """
-        _check_key(key)
+        check_key(key)
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise TypeError(f"delta must be an int, not {type(delta).__name__}")
         value = self._call(self._incr, key, delta)
-        self._counters.slot()[_SETS] += 1
+        self._counters.slot()[SETS] += 1
         return value
 
     def decr(self, key: str, delta: int = 1) -> int:
@@ -371,7 +392,7 @@ class Backend:
         """
         compile_glob(pattern)
         deleted = self._call(self._invalidate_pattern, pattern)
-        self._counters.slot()[_DELETES] += deleted
+        self._counters.slot()[DELETES] += deleted
         return deleted
 
     def close(self) -> None:
@@ -394,6 +415,7 @@ class Backend:
         :raises SerializationError: the value cannot be serialized; nothing was written.
         :raises BackendError: the store failed.
         """
+        check_key(key)
         entry = self._new_entry(value, ttl)
         if entry is None:
             self.delete(key)
@@ -402,7 +424,7 @@ class Backend:
 
     def add(self, key: str, value: t.Any, ttl: t.Any = DEFAULT) -> bool:
         """Store ``value`` only if ``key`` holds no value; True if it was stored."""
-        _check_key(key)
+        check_key(key)
         entry = self._new_entry(value, ttl)
         if entry is None:
             return False
@@ -418,6 +440,7 @@ class Backend:
 
     def set_many(self, mapping: t.Mapping[str, t.Any], ttl: t.Any = DEFAULT) -> None:
         """Store every item for ``ttl`` seconds, in one batch where the store allows."""
+        check_keys(mapping)
         seconds = self._ttl_seconds(ttl)
         if seconds is not None and seconds <= 0:
             self.delete_many(list(mapping))
@@ -481,29 +504,3 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
-
-
-def check_key(key: t.Any) -> None:
-    """Raise :class:`InvalidKeyError` unless ``key`` is a str."""
-    if not isinstance(key, str):
-        raise InvalidKeyError(f"cache keys must be str, not {type(key).__name__}")
-
-
-def unique_keys(keys: t.Iterable[str]) -> list[str]:
-    """``keys`` as a list without repeats, each checked; a single str is an error."""
-    if isinstance(keys, str):
-        raise InvalidKeyError("expected an iterable of keys, got a single str")
-    wanted = list(dict.fromkeys(keys))
-    _check_keys(wanted)
-    return wanted
-
-
-def _check_keys(keys: t.Iterable[t.Any]) -> None:
-    # The types of all keys in one C-level pass; str subclasses are checked one by one.
-    if set(map(type, keys)) - {str}:
-        for key in keys:
-            check_key(key)
-
-
-_check_key = check_key
-_unique_keys = unique_keys

@@ -27,12 +27,9 @@ import weakref
 import cachetools
 
 from tieredcache import lifecycle
-from tieredcache.backends.base import _CORRUPT
-from tieredcache.backends.base import _SETS
+from tieredcache.backends.base import CORRUPT
+from tieredcache.backends.base import SETS
 from tieredcache.backends.base import Backend
-from tieredcache.backends.base import _check_key
-from tieredcache.backends.base import _check_keys
-from tieredcache.backends.base import _unique_keys
 from tieredcache.backends.base import logger
 from tieredcache.backends.sizing import deep_sizeof
 from tieredcache.entry import Entry
@@ -43,6 +40,8 @@ from tieredcache.errors import DeserializationError
 from tieredcache.errors import SerializationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.keyglob import compile_glob
+from tieredcache.keys import check_key
+from tieredcache.keys import unique_keys
 from tieredcache.serializers import PickleSerializer
 from tieredcache.serializers import Serializer
 
@@ -245,7 +244,7 @@ class MemoryBackend(Backend):
         except TypeError:
             entry = None
         if entry is None:
-            _check_key(key)
+            check_key(key)
             self._miss()
             return None
         expires_at = entry.expires_at
@@ -274,7 +273,7 @@ class MemoryBackend(Backend):
         except TypeError:
             entry = None
         if entry is None:
-            _check_key(key)
+            check_key(key)
             self._miss()
             return default
         expires_at = entry.expires_at
@@ -319,7 +318,7 @@ class MemoryBackend(Backend):
         data_get = self._data.get
         now = self.timer()
         misses = 0
-        for key in _unique_keys(keys):
+        for key in unique_keys(keys):
             entry = data_get(key)
             if entry is None:
                 misses += 1
@@ -347,12 +346,11 @@ class MemoryBackend(Backend):
 
     def set_entries(self, items: t.Mapping[str, Entry]) -> None:
         # Backend.set_entries without the driver-error boundary (see set_entry).
-        _check_keys(items)
         now = self.timer()
         live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
         if live:
             self._set_many(live)
-            self._counters.slot()[_SETS] += len(live)
+            self._counters.slot()[SETS] += len(live)
         if len(live) < len(items):
             self.delete_many([k for k in items if k not in live])
 
@@ -379,7 +377,7 @@ class MemoryBackend(Backend):
             except Exception as exc:  # a serializer of the caller's own that raised anything
                 raise DeserializationError(f"cannot decode payload: {exc!r}") from exc
         except DeserializationError as exc:
-            self._counters.slot()[_CORRUPT] += 1
+            self._counters.slot()[CORRUPT] += 1
             logger.warning("memory: discarding an undecodable value for %r: %s", key, exc)
             return _CORRUPT_VALUE
 
@@ -414,6 +412,9 @@ class MemoryBackend(Backend):
                 ) from exc
             stored = Entry(payload, entry.expires_at, entry.version, entry.stale_at, entry.tags)
             return stored, (_entry_bytes(stored, sys.getsizeof(payload)) if self.max_bytes else 0)
+        if entry.wire is not None:
+            # Written through a composition: L1 does not keep the L2 envelope alive.
+            entry = Entry(entry.value, entry.expires_at, entry.version, entry.stale_at, entry.tags)
         if self.max_bytes is None:
             return entry, 0
         return entry, _entry_bytes(entry, deep_sizeof(entry.value))
@@ -470,8 +471,7 @@ class MemoryBackend(Backend):
 
     def set_entry(self, key: str, entry: Entry) -> None:
         # Backend.set_entry without the driver-error boundary (an in-process store has no
-        # driver): this is the refill of every L2 hit.
-        _check_key(key)
+        # driver): this is the refill of every L2 hit. Keys are trusted (see Backend.set_entry).
         expires_at = entry.expires_at
         if expires_at is not None and expires_at <= self.timer():
             self.delete(key)

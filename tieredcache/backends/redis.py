@@ -20,31 +20,22 @@ this backend's keys (``SCAN`` + ``UNLINK``), never ``FLUSHDB``.
 With a plain (non-cluster, non-Sentinel) client, ``GET``, ``MGET``, ``SET`` and ``UNLINK``
 skip redis-py's command dispatch and are written straight to its connection layer: on a
 loopback server redis-py's own Python is about a third of a ``GET``, and the tier must not
-cost more than the client it is built on. See :class:`_DirectCommands` for how that stays
+cost more than the client it is built on. See :class:`DirectCommands` for how that stays
 thread-safe and fork-safe.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import math
 import re
 import struct
-import threading
 import typing as t
-import urllib.parse
-import weakref
 
-from tieredcache import lifecycle
 from tieredcache.backends.base import Backend
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
 from tieredcache.entry import next_version
 from tieredcache.errors import BackendError
-from tieredcache.errors import BackendResponseError
-from tieredcache.errors import BackendTimeoutError
-from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
 from tieredcache.keyglob import compile_glob
@@ -53,26 +44,30 @@ from tieredcache.serializers import Serializer
 
 try:
     import redis
-    import redis.backoff
     import redis.cluster
-    import redis.connection
     import redis.exceptions
-    import redis.retry
-    import redis.sentinel
 except ImportError as exc:  # pragma: no cover - redis is a declared dependency
     raise ConfigurationError(
         "RedisBackend needs the 'redis' package; install it with `pip install redis`"
     ) from exc
 
-__all__ = ["RedisBackend"]
+from tieredcache.redis.connect import DRIVER_ERRORS
+from tieredcache.redis.connect import SCHEMES
+from tieredcache.redis.connect import close_all
+from tieredcache.redis.connect import connect
+from tieredcache.redis.connect import connect_url
+from tieredcache.redis.connect import decodes_responses
+from tieredcache.redis.connect import describe
+from tieredcache.redis.connect import parse_url
+from tieredcache.redis.connect import translate
+from tieredcache.redis.direct import RETRY_THROUGH_CLIENT
+from tieredcache.redis.direct import DirectCommands
+from tieredcache.redis.direct import pack
+from tieredcache.redis.direct import pack_set
 
-SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
-"""The URL schemes :meth:`RedisBackend.from_url` accepts."""
+__all__ = ["SCHEMES", "RedisBackend"]
 
-_SENTINEL_PORT = 26379
-_REDIS_PORT = 6379
 _SCAN_COUNT = 1000
-_HEALTH_CHECK_INTERVAL = 30
 # Float noise: at epoch magnitudes a double resolves about 0.24 µs, so ``(now + 0.25) - now``
 # may come out a hair above 250 ms; ceil() must not turn that into 251.
 _PX_SLACK_MS = 0.001
@@ -152,12 +147,6 @@ end
 return removed
 """
 
-_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.RedisError,
-    redis.exceptions.RedisClusterException,
-    OSError,
-)
-
 
 class RedisBackend(Backend):
     """A layer in Redis: standalone, Sentinel or Cluster.
@@ -178,7 +167,7 @@ class RedisBackend(Backend):
     """
 
     name = "redis"
-    _driver_errors = _DRIVER_ERRORS
+    _driver_errors = DRIVER_ERRORS
 
     def __init__(
         self,
@@ -194,8 +183,8 @@ class RedisBackend(Backend):
             raise ConfigurationError(f"prefix must be a str, not {type(prefix).__name__}")
         self._closers: list[t.Callable[[], None]] = []
         if client is None:
-            client, self._closers = _connect(_parse_url("redis://localhost:6379/0"), {})
-        elif _decodes_responses(client):
+            client, self._closers = connect(parse_url("redis://localhost:6379/0"), {})
+        elif decodes_responses(client):
             raise ConfigurationError(
                 "RedisBackend needs a client that returns bytes (decode_responses=False)"
             )
@@ -204,11 +193,11 @@ class RedisBackend(Backend):
         self._client: t.Any = client
         self._prefix_bytes = prefix.encode("utf-8", "surrogatepass")
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
-        self._target = _describe(client)
+        self._target = describe(client)
         self._add_script = client.register_script(_ADD_SCRIPT)
         self._touch_script = client.register_script(_TOUCH_SCRIPT)
         self._clear_script = client.register_script(_CLEAR_ENVELOPES_SCRIPT)
-        self._direct = _DirectCommands.for_client(client)
+        self._direct = DirectCommands.for_client(client)
 
     @classmethod
     def from_url(
@@ -255,13 +244,13 @@ class RedisBackend(Backend):
             socket_connect_timeout=connect_timeout,
             max_connections=max_connections,
         )
-        client, closers = _connect_url(url, options)
+        client, closers = connect_url(url, options)
         try:
             backend = cls(
                 client, prefix=prefix, serializer=serializer, default_ttl=default_ttl, timer=timer
             )
         except BaseException:
-            _close_all(closers)
+            close_all(closers)
             raise
         backend._closers = closers
         return backend
@@ -301,7 +290,7 @@ class RedisBackend(Backend):
             else:
                 try:
                     data = direct.call(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(full), full))
-                except _RETRY_THROUGH_CLIENT:
+                except RETRY_THROUGH_CLIENT:
                     data = self._client.get(full)
         except redis.exceptions.ResponseError as exc:
             if not str(exc).startswith("WRONGTYPE"):
@@ -326,8 +315,8 @@ class RedisBackend(Backend):
             values = self._client.mget(full)
         else:
             try:
-                values = direct.call(_pack(b"MGET", *full))
-            except _RETRY_THROUGH_CLIENT:
+                values = direct.call(pack(b"MGET", *full))
+            except RETRY_THROUGH_CLIENT:
                 values = self._client.mget(full)
         found = {}
         decode = self.codec.decode
@@ -348,8 +337,8 @@ class RedisBackend(Backend):
             self._client.set(full, data, px=px)
             return
         try:
-            direct.call(_pack_set(full, data, px))
-        except _RETRY_THROUGH_CLIENT:
+            direct.call(pack_set(full, data, px))
+        except RETRY_THROUGH_CLIENT:
             self._client.set(full, data, px=px)
 
     def _set_many(self, items: dict[str, Entry]) -> None:
@@ -359,12 +348,12 @@ class RedisBackend(Backend):
             # One write of every SET, then every reply: what a non-transactional pipeline
             # does, without building it.
             commands = b"".join(
-                [_pack_set(full, data, self._px(expires_at)) for full, data, expires_at in encoded]
+                [pack_set(full, data, self._px(expires_at)) for full, data, expires_at in encoded]
             )
             try:
                 direct.call(commands, replies=len(encoded))
                 return
-            except _RETRY_THROUGH_CLIENT:
+            except RETRY_THROUGH_CLIENT:
                 pass
         with self._client.pipeline(transaction=False) as pipe:
             for full, data, expires_at in encoded:
@@ -388,8 +377,8 @@ class RedisBackend(Backend):
         direct = self._direct
         if direct is not None and not self._cluster:
             try:
-                return int(direct.call(_pack(b"UNLINK", *full)))
-            except _RETRY_THROUGH_CLIENT:
+                return int(direct.call(pack(b"UNLINK", *full)))
+            except RETRY_THROUGH_CLIENT:
                 pass
         return int(self._client.unlink(*full))
 
@@ -532,10 +521,10 @@ class RedisBackend(Backend):
     def _close(self) -> None:
         if self._direct is not None:
             self._direct.close()
-        _close_all(self._closers)
+        close_all(self._closers)
 
     def _translate(self, exc: BaseException) -> BackendError:
-        return _translate(exc, self._target)
+        return translate(exc, self._target)
 
     @property
     def call_timeout(self) -> float | None:
@@ -565,442 +554,6 @@ class RedisBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self._target} prefix={self.prefix!r}>"
-
-
-# -- commands on the connection layer ----------------------------------------------------
-
-
-class _NoDirectConnection(Exception):
-    """Every direct connection allowed is in use: the command goes through the client."""
-
-
-# A failure of the connection itself: the command is sent again through the client, which
-# applies its own retry policy (the connection was already disconnected). A timeout is not
-# sent again: a call waits at most one socket_timeout.
-_RETRY_THROUGH_CLIENT = (
-    redis.exceptions.ConnectionError,
-    _NoDirectConnection,
-)
-
-
-def _pack(*args: bytes) -> bytes:
-    """A command in the Redis protocol (RESP); every argument is bytes."""
-    parts = [b"*%d\r\n" % len(args)]
-    parts.extend(b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args)
-    return b"".join(parts)
-
-
-def _pack_set(key: bytes, data: bytes, px: int | None) -> bytes:
-    if px is None:
-        return b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            len(key),
-            key,
-            len(data),
-            data,
-        )
-    ms = b"%d" % px
-    return b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n" % (
-        len(key),
-        key,
-        len(data),
-        data,
-        len(ms),
-        ms,
-    )
-
-
-class _DirectCommands:
-    """Simple commands written straight to redis-py's connection layer.
-
-    ``Redis.get`` spends more of its time in redis-py's own Python (pool checkout and
-    check-in with their bookkeeping, the retry wrapper, response callbacks) than on the
-    round trip to a nearby server. This sends a packed command on a connection and reads
-    the reply, nothing else.
-
-    Thread-safe: connections come from a free list of this object (``deque`` pop and
-    append are atomic), each is used by one thread at a time, and only this object ever
-    sends on them. A connection is made with the pool's own class and arguments (TLS,
-    timeouts, credentials, health checks all apply) but is not counted in the pool, so the
-    pool's other users never wait for it; at most ``max_connections`` of them are open.
-    A connection whose command failed halfway is disconnected, never returned, so no
-    caller can read another's reply; a connection failure raises for the caller to retry
-    through the client (with redis-py's retry policy). Fork-safe: a child process forgets
-    the parent's connections without closing them.
-    """
-
-    def __init__(self, pool: t.Any) -> None:
-        self._pool = pool
-        self._limit = int(getattr(pool, "max_connections", None) or 2**31)
-        self._idle: collections.deque[tuple[t.Any, int]] = collections.deque()
-        self._lock = threading.Lock()
-        self._generation = 0
-        self.open = 0
-        _live_direct.add(self)
-
-    @classmethod
-    def for_client(cls, client: t.Any) -> _DirectCommands | None:
-        """An instance for ``client``, or ``None`` when its commands must go through it."""
-        pool = getattr(client, "connection_pool", None)
-        if type(client) is not redis.Redis or getattr(client, "connection", None) is not None:
-            return None  # cluster, a subclass, or a single-connection client
-        if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
-            return None  # Sentinel and custom pools pick their servers themselves
-        kwargs = getattr(pool, "connection_kwargs", {})
-        if getattr(pool, "cache", None) is not None or kwargs.get("protocol") not in (
-            None,
-            2,
-            "2",
-        ):
-            return None  # client-side caching and RESP3 push messages
-        if kwargs.get("credential_provider") is not None:
-            return None  # re-authentication is driven by pool events
-        return cls(pool)
-
-    def call(self, packed: bytes, replies: int = 1) -> t.Any:
-        """Send ``packed`` and return its reply (a list of them when ``replies > 1``).
-
-        :raises redis.exceptions.ResponseError: the server answered with an error.
-        :raises redis.exceptions.ConnectionError: the connection failed (retry elsewhere).
-        """
-        try:
-            conn, generation = self._idle.pop()
-        except IndexError:
-            conn, generation = self._connect()
-        clean = False
-        try:
-            conn.send_packed_command((packed,))
-            error = None
-            if replies == 1:
-                try:
-                    result = conn.read_response()
-                except redis.exceptions.ResponseError as exc:
-                    error = exc
-            else:
-                result = []
-                for _ in range(replies):
-                    try:
-                        result.append(conn.read_response())
-                    except redis.exceptions.ResponseError as exc:
-                        error = error or exc
-            clean = True  # every reply was read: the connection can be used again
-            if error is not None:
-                raise error
-            return result
-        finally:
-            if clean and generation == self._generation:
-                self._idle.append((conn, generation))
-            else:
-                self._discard(conn)
-
-    @property
-    def in_use(self) -> int:
-        """Connections carrying a command right now."""
-        return max(0, self.open - len(self._idle))
-
-    def _connect(self) -> tuple[t.Any, int]:
-        with self._lock:
-            if self.open >= self._limit:
-                raise _NoDirectConnection()
-            self.open += 1
-            generation = self._generation
-        pool = self._pool
-        try:
-            return pool.connection_class(**pool.connection_kwargs), generation
-        except BaseException:
-            with self._lock:
-                self.open -= 1
-            raise
-
-    def _discard(self, conn: t.Any) -> None:
-        with self._lock:
-            self.open -= 1
-        try:
-            conn.disconnect()
-        except Exception:  # pragma: no cover - a socket that cannot even be closed
-            pass
-
-    def close(self) -> None:
-        """Disconnect the idle connections; ones in use are disconnected when returned."""
-        with self._lock:
-            self._generation += 1
-            idle, self._idle = self._idle, collections.deque()
-        for conn, _ in idle:
-            self._discard(conn)
-
-    def _forget_after_fork(self) -> None:
-        # The parent's sockets stay the parent's: drop them (redis-py closes a connection
-        # inherited through a fork without shutting the parent's socket down).
-        self._lock = threading.Lock()
-        self._idle = collections.deque()
-        self._generation += 1
-        self.open = 0
-
-
-_live_direct: weakref.WeakSet[_DirectCommands] = weakref.WeakSet()
-
-
-def _forget_direct_connections_after_fork() -> None:
-    for direct in list(_live_direct):
-        direct._forget_after_fork()
-
-
-lifecycle.on_fork(_forget_direct_connections_after_fork, lifecycle.Stage.CONNECTIONS)
-
-
-# -- errors ---------------------------------------------------------------------------
-
-
-# Failures of the server or of the way to it: the tier cannot answer now. A ConnectionError
-# covers BusyLoadingError, AuthenticationError, MaxConnectionsError (pool exhausted),
-# MaxClientsReachedError and MasterNotFoundError; InvalidResponse is a connection whose
-# protocol stream broke; CLUSTERDOWN, MASTERDOWN and TRYAGAIN are a cluster that cannot serve
-# the slot now, although they arrive as error replies.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.InvalidResponse,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.RedisClusterException,
-    OSError,
-)
-
-
-def _translate(exc: BaseException, target: str) -> BackendError:
-    """The most specific ``BackendError`` for a driver exception."""
-    message = f"{type(exc).__name__}: {exc} ({target})"
-    cls: type[BackendError]
-    if isinstance(exc, (redis.exceptions.TimeoutError, TimeoutError)):
-        cls = BackendTimeoutError
-    elif isinstance(exc, _UNAVAILABLE):
-        cls = BackendUnavailableError
-    elif isinstance(exc, redis.exceptions.ResponseError):
-        # The server answered about this command (WRONGTYPE, OOM, READONLY, NOSCRIPT...):
-        # that key's error, not a sign that the server is down.
-        cls = BackendResponseError
-    else:
-        cls = BackendError  # a client-side error (DataError...): neither of the above
-    return cls(message, backend=RedisBackend.name)
-
-
-# -- URLs and clients -------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _RedisTarget:
-    """A parsed connection URL."""
-
-    #: ``"redis"`` (redis://, rediss://, unix://), ``"sentinel"`` or ``"cluster"``.
-    kind: str
-    #: The URL itself, for the kinds redis-py parses.
-    url: str = dataclasses.field(default="", repr=False)
-    nodes: tuple[tuple[str, int], ...] = ()
-    service_name: str | None = None
-    db: int = 0
-    username: str | None = None
-    password: str | None = dataclasses.field(default=None, repr=False)
-
-
-def _parse_url(url: str) -> _RedisTarget:
-    """Parse a connection URL (see :meth:`RedisBackend.from_url`).
-
-    :raises ConfigurationError: an unsupported scheme or a malformed URL.
-    """
-    if not isinstance(url, str):
-        raise ConfigurationError(f"the Redis URL must be a str, not {type(url).__name__}")
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme in ("redis", "rediss", "unix"):
-        return _RedisTarget("redis", url=url)
-    if scheme not in ("redis+sentinel", "redis+cluster"):
-        raise ConfigurationError(
-            f"unsupported Redis URL {_redact(url)!r}: the scheme must be one of "
-            + ", ".join(SCHEMES)
-        )
-    parts = urllib.parse.urlsplit(url)
-    if parts.query or parts.fragment:
-        raise ConfigurationError(
-            f"{scheme}:// URLs take no query string or fragment; pass options as keyword "
-            f"arguments ({_redact(url)!r})"
-        )
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, has_password, secret = userinfo.partition(":")
-        username = urllib.parse.unquote(user) or None
-        password = urllib.parse.unquote(secret) if has_password else None
-    default_port = _SENTINEL_PORT if scheme == "redis+sentinel" else _REDIS_PORT
-    nodes = tuple(_parse_host(spec, default_port, url) for spec in hostlist.split(","))
-    segments = [urllib.parse.unquote(s) for s in parts.path.split("/") if s]
-    if scheme == "redis+cluster":
-        if segments not in ([], ["0"]):
-            raise ConfigurationError(
-                f"a Redis Cluster has only database 0; got the path {parts.path!r} "
-                f"in {_redact(url)!r}"
-            )
-        return _RedisTarget("cluster", nodes=nodes, username=username, password=password)
-    if not segments or len(segments) > 2:
-        raise ConfigurationError(
-            f"a sentinel URL needs /service_name[/db] after the hosts: {_redact(url)!r}"
-        )
-    db = 0
-    if len(segments) == 2:
-        if not segments[1].isdigit():
-            raise ConfigurationError(f"the database must be a number, not {segments[1]!r}")
-        db = int(segments[1])
-    return _RedisTarget(
-        "sentinel",
-        nodes=nodes,
-        service_name=segments[0],
-        db=db,
-        username=username,
-        password=password,
-    )
-
-
-def _parse_host(spec: str, default_port: int, url: str) -> tuple[str, int]:
-    spec = spec.strip()
-    if spec.startswith("["):  # [IPv6]:port
-        host, _, rest = spec[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else rest
-    else:
-        host, _, port_text = spec.partition(":")
-    if not host:
-        raise ConfigurationError(f"a host is missing in {_redact(url)!r}")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigurationError(f"bad port {port_text!r} in {_redact(url)!r}")
-    return host, int(port_text)
-
-
-def _redact(url: str) -> str:
-    """``url`` without its password, query string and fragment (they may hold secrets)."""
-    base = url.split("#", 1)[0].split("?", 1)[0]
-    scheme, sep, rest = base.partition("://")
-    userinfo, at, hosts = rest.rpartition("@")
-    if not sep or not at:
-        return base
-    return f"{scheme}://{userinfo.partition(':')[0]}:***@{hosts}"
-
-
-def _host_port(host: str, port: t.Any) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _connect_url(url: str, options: dict[str, t.Any]) -> tuple[t.Any, list[t.Callable[[], None]]]:
-    """A client for a Redis URL, and what closes it; every ``from_url`` builds with this.
-
-    :raises ConfigurationError: an unsupported URL, or an option redis-py refuses.
-    :raises BackendError: the client could not be built (a cluster that cannot be reached).
-    """
-    target = _parse_url(url)
-    try:
-        return _connect(target, options)
-    except _DRIVER_ERRORS as exc:
-        raise _translate(exc, _redact(url)) from exc
-    except (TypeError, ValueError) as exc:  # redis-py refusing the URL or an option
-        raise ConfigurationError(f"cannot use {_redact(url)!r}: {exc}") from exc
-
-
-def _connect(
-    target: _RedisTarget, options: dict[str, t.Any]
-) -> tuple[t.Any, list[t.Callable[[], None]]]:
-    """A client for ``target``, and what closes it."""
-    options = dict(options)
-    options.setdefault("socket_timeout", 5.0)
-    options.setdefault("socket_connect_timeout", 2.0)
-    options.setdefault("max_connections", 64)
-    if target.kind == "redis":
-        options.setdefault("health_check_interval", _HEALTH_CHECK_INTERVAL)
-        # A broken connection (the server restarted, an idle socket was closed) fails at
-        # once and is worth one retry on a new connection; a timeout is not retried, so a
-        # call waits at most one socket_timeout (redis-py's default retries timeouts too).
-        options.setdefault(
-            "retry",
-            redis.retry.Retry(
-                redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)
-            ),
-        )
-        client = redis.Redis.from_url(target.url, **options)
-        return client, [client.close]
-    if target.username is not None:
-        options.setdefault("username", target.username)
-    if target.password is not None:
-        options.setdefault("password", target.password)
-    if target.kind == "cluster":
-        # redis-py retries a cluster command ten times after a connection error or timeout,
-        # so a hung master would hold each call for eleven socket timeouts. Retry once, at
-        # once: the client re-reads the slot map in between, which covers a moved master.
-        options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1))
-        nodes = [redis.cluster.ClusterNode(host, port) for host, port in target.nodes]
-        cluster = redis.cluster.RedisCluster(startup_nodes=nodes, **options)
-        return cluster, [cluster.close]
-    options.setdefault("health_check_interval", _HEALTH_CHECK_INTERVAL)
-    max_connections = options.pop("max_connections")
-    sentinel_kwargs = options.pop("sentinel_kwargs", None)
-    if sentinel_kwargs is None:
-        # Without a retry of its own, an unreachable sentinel fails over to the next one at
-        # once (redis-py's default would retry each one ten times, with backoff).
-        sentinel_kwargs = {
-            "socket_timeout": options["socket_timeout"],
-            "socket_connect_timeout": options["socket_connect_timeout"],
-            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-        }
-    manager_options = {
-        name: options.pop(name)
-        for name in ("min_other_sentinels", "force_master_ip")
-        if name in options
-    }
-    sentinel = redis.sentinel.Sentinel(
-        list(target.nodes), sentinel_kwargs=sentinel_kwargs, **manager_options, **options
-    )
-    assert target.service_name is not None  # the URL parser refuses a sentinel URL without one
-    master = sentinel.master_for(target.service_name, db=target.db, max_connections=max_connections)
-    return master, [master.close, *(s.close for s in sentinel.sentinels)]
-
-
-def _close_all(closers: list[t.Callable[[], None]]) -> None:
-    errors = []
-    for close in closers:
-        try:
-            close()
-        except Exception as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
-
-
-def _decodes_responses(client: t.Any) -> bool:
-    try:
-        return bool(client.get_encoder().decode_responses)
-    except Exception:
-        return False
-
-
-def _describe(client: t.Any) -> str:
-    """Where ``client`` connects, without credentials."""
-    try:
-        if isinstance(client, redis.cluster.RedisCluster):
-            hosts = ",".join(_host_port(n.host, n.port) for n in client.get_nodes())
-            return f"redis+cluster://{hosts}"
-        pool = client.connection_pool
-        kwargs = pool.connection_kwargs
-        db = kwargs.get("db", 0)
-        if isinstance(pool, redis.sentinel.SentinelConnectionPool):
-            hosts = ",".join(
-                _host_port(
-                    s.connection_pool.connection_kwargs.get("host", "localhost"),
-                    s.connection_pool.connection_kwargs.get("port", _SENTINEL_PORT),
-                )
-                for s in pool.sentinel_manager.sentinels
-            )
-            return f"redis+sentinel://{hosts}/{pool.service_name}/{db}"
-        if kwargs.get("path"):
-            return f"unix://{kwargs['path']}?db={db}"
-        tls = issubclass(pool.connection_class, redis.connection.SSLConnection)
-        host = _host_port(kwargs.get("host", "localhost"), kwargs.get("port", _REDIS_PORT))
-        return f"{'rediss' if tls else 'redis'}://{host}/{db}"
-    except Exception:
-        return type(client).__name__
 
 
 def _glob_escape(raw: bytes) -> bytes:

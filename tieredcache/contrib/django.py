@@ -29,6 +29,7 @@ import contextlib
 import functools
 import logging
 import pickle
+import re
 import typing as t
 from collections.abc import Mapping
 
@@ -37,7 +38,6 @@ from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.base import default_key_func
-from django.core.cache.backends.base import memcache_key_warnings
 from django.core.exceptions import ImproperlyConfigured
 
 from tieredcache import config
@@ -54,8 +54,10 @@ from tieredcache.errors import ValueTooLargeError
 
 __all__ = ["TieredCache"]
 
-# How many validated keys an instance remembers (see TieredCache.make_and_validate_key).
-_KEY_MEMO_SIZE = 4096
+# What Django's memcache_key_warnings looks for, as one check: a key longer than memcached
+# takes, or one holding a control character, a space or DEL.
+_MEMCACHE_MAX_KEY_LENGTH = 250
+_memcache_unsafe = re.compile("[\x00-\x20\x7f]").search
 # OPTIONS that configure this Django backend rather than the shared cache.
 _BACKEND_OPTIONS = ("IGNORE_EXCEPTIONS", "LOG_IGNORED_EXCEPTIONS")
 
@@ -166,19 +168,10 @@ class TieredCache(DjangoRedisAPI, BaseCache):
             secret = None
         fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", ())
         cls = type(self)
-        # Only Django's own key function is known to depend on its arguments alone; a custom
-        # one may read request state (a tenant's schema, say), so its keys are never reused.
-        self._made_keys: dict[tuple[str, int | None], str] | None = (
-            {}
-            if cls.make_key is BaseCache.make_key
-            and cls.validate_key is BaseCache.validate_key
-            and self.key_func is default_key_func
-            else None
-        )
-        self._made_keys_for: tuple[t.Any, t.Any, t.Any] = (
-            self.key_prefix,
-            self.version,
-            self.key_func,
+        # Django's own make_key and validate_key are known: keys are made and checked here in
+        # one pass. A subclass that overrides either gets Django's path.
+        self._plain_keys = (
+            cls.make_key is BaseCache.make_key and cls.validate_key is BaseCache.validate_key
         )
         try:
             self._tiered = config.shared_cache(
@@ -190,37 +183,18 @@ class TieredCache(DjangoRedisAPI, BaseCache):
             raise ImproperlyConfigured(f"{type(self).__name__}: {exc}") from exc
 
     def make_and_validate_key(self, key: t.Any, version: int | None = None) -> t.Any:
-        """Django's key for ``key``: made and validated as Django does, and remembered.
+        """Django's key for ``key``, made and validated as Django does, in one pass.
 
-        Validating a key (the memcached portability warnings) costs more than an L1 hit,
-        so each instance remembers up to a few thousand ``(key, version)`` pairs whose
-        made key validated clean. A key that warns is validated, and warns, every time.
-        The memory is dropped when ``KEY_PREFIX``, ``VERSION`` or ``KEY_FUNCTION`` change,
-        and is not used with a custom ``KEY_FUNCTION`` (it may depend on more than its
-        arguments) or by subclasses that override ``make_key`` or ``validate_key``.
+        With Django's own key function the made key is checked by one precompiled pattern
+        (its length and the characters memcached refuses); only a key that fails that check
+        goes through Django's ``validate_key``, which warns with ``CacheKeyWarning``.
         """
-        memo = self._made_keys
-        if memo is None or type(key) is not str or not (version is None or type(version) is int):
-            return super().make_and_validate_key(key, version=version)
-        state = self._made_keys_for
-        if (
-            state[0] is not self.key_prefix
-            or state[1] != self.version
-            or state[2] is not self.key_func
-        ):
-            if self.key_func is not default_key_func:
-                self._made_keys = None
-                return super().make_and_validate_key(key, version=version)
-            memo.clear()
-            self._made_keys_for = (self.key_prefix, self.version, self.key_func)
-        made = memo.get((key, version))
-        if made is None:
-            made = super().make_and_validate_key(key, version=version)
-            if isinstance(made, str) and next(memcache_key_warnings(made), None) is None:
-                if len(memo) >= _KEY_MEMO_SIZE:
-                    memo.clear()
-                memo[(key, version)] = made
-        return made
+        if self._plain_keys and self.key_func is default_key_func:
+            made = f"{self.key_prefix}:{self.version if version is None else version}:{key}"
+            if len(made) > _MEMCACHE_MAX_KEY_LENGTH or _memcache_unsafe(made) is not None:
+                self.validate_key(made)
+            return made
+        return super().make_and_validate_key(key, version=version)
 
     @property
     def tiered(self) -> tiered.TieredCache:
@@ -244,7 +218,14 @@ class TieredCache(DjangoRedisAPI, BaseCache):
 
     @_omit_exception()
     def get(self, key: t.Any, default: t.Any = None, version: int | None = None) -> t.Any:
-        return self._tiered.get(self.make_and_validate_key(key, version=version), default)
+        # make_and_validate_key() inlined: a hit is one format, one check and one L1 read.
+        if self._plain_keys and self.key_func is default_key_func:
+            made = f"{self.key_prefix}:{self.version if version is None else version}:{key}"
+            if len(made) > _MEMCACHE_MAX_KEY_LENGTH or _memcache_unsafe(made) is not None:
+                self.validate_key(made)
+        else:
+            made = self.make_and_validate_key(key, version=version)
+        return self._tiered.get(made, default)
 
     @_omit_exception()
     def set(

@@ -40,6 +40,7 @@ from tieredcache.events import BREAKER_CLOSED
 from tieredcache.events import BREAKER_OPENED
 from tieredcache.events import Events
 from tieredcache.executor import default_executor
+from tieredcache.keys import check_keys
 from tieredcache.policies.base import PolicyContext
 from tieredcache.policies.base import tag_tier
 from tieredcache.policies.read import ReadPolicy
@@ -49,6 +50,7 @@ from tieredcache.policies.write import LoserPolicy
 from tieredcache.policies.write import RaceWrite
 from tieredcache.policies.write import SequentialWrite
 from tieredcache.policies.write import WritePolicy
+from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import Serializer
 from tieredcache.stats import TIERED_COUNTERS
 from tieredcache.stats import TIERED_INDEX
@@ -67,6 +69,7 @@ from tieredcache.tiered.readflight import Flight
 from tieredcache.tiered.readflight import ReadFlights
 from tieredcache.tiered.refresh import Refresher
 from tieredcache.tiered.tags import TagIndex
+from tieredcache.tiered.tags import check_tags
 
 if t.TYPE_CHECKING:
     from tieredcache.backplane import Backplane
@@ -206,7 +209,7 @@ class TieredCache(CacheFeatures, Backend):
         self._reads = ReadFlights(self._ordering)
         self._sequential_read = type(self.read) is SequentialRead
         self._read_ctx = PolicyContext(None, None, l1.local, self._report_read, "get")
-        self._check_values = self._serializers_to_check()
+        self._check_values, self._check_codecs = self._checks()
         # With a NullBackend as L2 the composition is an L1-only cache: L1 decides add/incr.
         self._l2_stores_nothing = isinstance(l2, NullBackend)
         self.backplane = backplane
@@ -304,12 +307,32 @@ class TieredCache(CacheFeatures, Backend):
                 unique.append(serializer)
         return unique
 
+    def _checks(self) -> tuple[list[Serializer], list[EntryCodec]]:
+        # The L2's own envelope codec checks a value by encoding the entry it will write, and
+        # keeps the envelope on it (Entry.wire): the L2 write sends those bytes.
+        serializers = self._serializers_to_check()
+        codec = getattr(self.l2, "codec", None)
+        if isinstance(codec, EntryCodec) and any(s is codec.serializer for s in serializers):
+            rest = [s for s in serializers if s is not codec.serializer]
+            return rest, [codec]
+        return serializers, []
+
     def check_serializable(self, values: t.Iterable[t.Any]) -> None:
         """Raise :class:`~tieredcache.errors.SerializationError` unless every layer can
         serialize every value (before any layer is written)."""
-        for serializer in self._check_values:
+        values = list(values)
+        for serializer in (*self._check_values, *(c.serializer for c in self._check_codecs)):
             for value in values:
                 serializer.dumps(value)
+
+    def check_entries(self, entries: t.Iterable[Entry]) -> None:
+        """:meth:`check_serializable` for the entries a write is about to store: L2's codec
+        encodes each once, and the L2 write reuses the envelope."""
+        for entry in entries:
+            for codec in self._check_codecs:
+                codec.encode_once(entry)
+            for serializer in self._check_values:
+                serializer.dumps(entry.value)
 
     def cap(self, entry: Entry, now: float) -> Entry:
         """The entry as L1 keeps it: no longer than ``l1_ttl``."""
@@ -594,26 +617,50 @@ class TieredCache(CacheFeatures, Backend):
 
         return op
 
+    def set(self, key: str, value: t.Any, ttl: t.Any = DEFAULT, *, tags: t.Any = ()) -> None:
+        """Store ``value`` under ``key`` in both layers, through the write policy.
+
+        ``tags`` (a collection of str) lets :meth:`invalidate_tags` remove the entry.
+        Checked, stamped and encoded once: the key, the TTL and the tags are validated
+        here, the clock is read once, one version is both the entry's and the write's place
+        in the per-key ordering, and L2 receives the envelope the serializability check made.
+
+        :raises InvalidKeyError: ``key`` is not a str, or ``tags`` not a collection of str.
+        :raises SerializationError: a layer cannot serialize ``value``; nothing was written.
+        """
+        check_key(key)
+        chosen = check_tags(tags) if tags else ()
+        seconds = self._ttl_seconds(ttl)
+        if seconds is not None and seconds <= 0:
+            self._delete_keys([key])
+            return
+        now = self._now()
+        version = next_version()
+        entry = Entry(value, None if seconds is None else now + seconds, version, None, chosen)
+        self.check_entries((entry,))
+        self.write_entries({key: entry}, now, version)
+
     def set_entry(self, key: str, entry: Entry) -> None:
         self.set_entries({key: entry})
 
     def set_entries(self, items: t.Mapping[str, Entry]) -> None:
-        for key in items:
-            check_key(key)
+        check_keys(items)
         now = self._now()
         live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
-        dead = [k for k in items if k not in live]
         if live:
-            self.check_serializable([e.value for e in live.values()])
+            self.check_entries(live.values())
             self.write_entries(live, now)
-        if dead:
-            self.delete_many(dead)
+        if len(live) < len(items):
+            self.delete_many([k for k in items if k not in live])
 
-    def write_entries(self, live: dict[str, Entry], now: float) -> None:
-        """Write validated, unexpired ``live`` entries through the write policy."""
+    def write_entries(self, live: dict[str, Entry], now: float, seq: int | None = None) -> None:
+        """Write validated, unexpired ``live`` entries through the write policy (at ``seq``
+        in the per-key ordering: a new version when not given)."""
         keys = list(live)
         gate = self._gate
-        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
+        if seq is None:
+            seq = next_version()
+        with gate.operation(), self._ordering.write(keys, seq) as slot:
             leg1 = slot.leg(L1, self.write_l1({k: self.cap(e, now) for k, e in live.items()}))
             leg2 = gate.leg(slot, gate.set_op(live, slot.seq), set_replay(live))
             self.write.execute(leg1, leg2, self._write_context(keys, "set"))
@@ -624,7 +671,7 @@ class TieredCache(CacheFeatures, Backend):
         now = self._now()
         if entry.expires_at is not None and entry.expires_at <= now:
             return False
-        self.check_serializable([entry.value])
+        self.check_entries((entry,))
         keys = [key]
         gate = self._gate
         l1_entry = self.cap(entry, now)

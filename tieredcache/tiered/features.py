@@ -3,8 +3,8 @@ Features of a composition
 =========================
 
 :class:`CacheFeatures` gives :class:`~tieredcache.TieredCache` its tag-aware writes
-(``tags=`` on ``set``, ``set_many`` and ``add``), :meth:`~CacheFeatures.invalidate_tags`,
-ordered :meth:`~CacheFeatures.invalidate_pattern`, and the ``memoize`` decorators. The
+(``tags=`` on ``set_many`` and ``add``; ``set`` takes them itself),
+:meth:`~CacheFeatures.invalidate_tags`, ordered :meth:`~CacheFeatures.invalidate_pattern`, and the ``memoize`` decorators. The
 logic lives in :mod:`.tags`, :mod:`tieredcache.patterns` and :mod:`tieredcache.memoize`.
 """
 
@@ -36,25 +36,6 @@ class CacheFeatures(_Base):
     """Tags, pattern invalidation and memoization for a composition (a mixin)."""
 
     tag_index: TagIndex
-
-    def set(self, key: str, value: t.Any, ttl: t.Any = DEFAULT, *, tags: t.Any = ()) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds, carrying ``tags``.
-
-        See :meth:`Backend.set <tieredcache.Backend.set>`; ``tags`` (a collection of str)
-        lets :meth:`invalidate_tags` remove the entry.
-
-        :raises InvalidKeyError: ``tags`` is not a collection of non-empty str.
-        """
-        if not tags:
-            super().set(key, value, ttl)
-            return
-        chosen = check_tags(tags)
-        entry = self._new_entry(value, ttl)
-        if entry is None:
-            self.delete(key)
-        else:
-            entry.tags = chosen
-            self.set_entry(key, entry)
 
     def add(self, key: str, value: t.Any, ttl: t.Any = DEFAULT, *, tags: t.Any = ()) -> bool:
         """Store ``value`` only if ``key`` holds no value; True if it was stored."""

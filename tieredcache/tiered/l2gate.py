@@ -295,7 +295,12 @@ class L2Gate:
                     wanted.append(key)
         if wanted:
             try:
-                found.update(self.call(self.l2.get_entries, wanted))
+                if len(wanted) == 1:  # a single-key read stays single-key down to the wire
+                    entry = self.call(self.l2.get_entry, wanted[0])
+                    if entry is not None:
+                        found[wanted[0]] = entry
+                else:
+                    found.update(self.call(self.l2.get_entries, wanted))
             except BackendUnavailableError as exc:
                 if not self.fail_open:
                     raise

@@ -99,7 +99,7 @@ class Refresher:
         Single-flight in the process: concurrent callers on a missing key run the loader
         once and all receive its result; if it raises, every waiting caller gets the same
         exception, and the next call tries again. Across processes too when ``lock`` is a
-        :class:`~tieredcache.redislock.RedisLock`: one process runs the loader, the others
+        :class:`~tieredcache.redis.lock.RedisLock`: one process runs the loader, the others
         wait up to the lock's ``wait_timeout`` and then read the cache, raising
         :class:`~tieredcache.errors.LockTimeoutError` if it is still empty.
 

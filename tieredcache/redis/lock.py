@@ -62,14 +62,14 @@ import secrets
 import time
 import typing as t
 
-from tieredcache.backends.redis import _DRIVER_ERRORS
-from tieredcache.backends.redis import _close_all
-from tieredcache.backends.redis import _connect_url
-from tieredcache.backends.redis import _describe
-from tieredcache.backends.redis import _translate
 from tieredcache.entry import Entry
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import LockTimeoutError
+from tieredcache.redis.connect import DRIVER_ERRORS
+from tieredcache.redis.connect import close_all
+from tieredcache.redis.connect import connect_url
+from tieredcache.redis.connect import describe
+from tieredcache.redis.connect import translate
 
 __all__ = ["RedisLock"]
 
@@ -137,7 +137,7 @@ class RedisLock:
         if self.poll[0] > self.poll[1]:
             raise ConfigurationError(f"poll must be (first, most) with first <= most: {poll!r}")
         self._prefix_bytes = prefix.encode("utf-8", "surrogatepass")
-        self._target = _describe(client)
+        self._target = describe(client)
         self._closers: list[t.Callable[[], None]] = []
         self._release_script = client.register_script(_RELEASE_SCRIPT)
         self._extend_script = client.register_script(_EXTEND_SCRIPT)
@@ -156,13 +156,13 @@ class RedisLock:
         Takes the URLs :meth:`RedisBackend.from_url <tieredcache.RedisBackend.from_url>`
         takes; ``options`` are this class's keyword arguments.
         """
-        client, closers = _connect_url(
+        client, closers = connect_url(
             url, {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
         )
         try:
             lock = cls(client, **options)
         except BaseException:
-            _close_all(closers)
+            close_all(closers)
             raise
         lock._closers = closers
         return lock
@@ -182,8 +182,8 @@ class RedisLock:
         """Translate driver errors into :class:`~tieredcache.errors.BackendError`."""
         try:
             yield
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc, self._target) from exc
+        except DRIVER_ERRORS as exc:
+            raise translate(exc, self._target) from exc
 
     # -- primitives -------------------------------------------------------------------
 
@@ -364,7 +364,7 @@ class RedisLock:
     def close(self) -> None:
         """Close the client if this lock manager created it (:meth:`from_url`)."""
         closers, self._closers = self._closers, []
-        _close_all(closers)
+        close_all(closers)
 
     def __enter__(self) -> RedisLock:
         return self
