@@ -65,6 +65,7 @@ the interpreter joins non-daemon threads at exit, so exit never hangs on a subsc
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
@@ -100,8 +101,11 @@ from tieredcache.backends.redis import _describe
 __all__ = [
     "DEFAULT_CHANNEL",
     "KINDS",
+    "MAX_INLINE_ENTRY",
     "Backplane",
     "InvalidateCallback",
+    "Message",
+    "MessageCallback",
     "RedisBackplane",
     "ResetCallback",
 ]
@@ -119,6 +123,23 @@ InvalidateCallback = t.Callable[[str, list[str]], None]
 
 ResetCallback = t.Callable[[], None]
 """``on_reset()``: messages may have been missed; flush (or cap) the whole L1."""
+
+MAX_INLINE_ENTRY = 1024
+"""The largest encoded entry (bytes) a ``"set"`` message carries; larger ones are evicted."""
+
+
+class Message(t.NamedTuple):
+    """A decoded message, as an ``on_message`` callback receives it."""
+
+    own: bool  # published by this backplane
+    kind: str  # a kind of KINDS (an unknown one is already mapped to delete or clear)
+    keys: list[str]
+    version: int
+    entries: dict[str, bytes]  # the encoded new entries a "set" carries (may be empty)
+
+
+MessageCallback = t.Callable[[Message], None]
+"""``on_message(message)``: every well-formed message, this process's own included."""
 
 _COUNTERS = (
     "published",
@@ -176,8 +197,18 @@ class Backplane:
         """
         raise NotImplementedError
 
-    def subscribe(self, on_invalidate: InvalidateCallback, on_reset: ResetCallback) -> None:
+    def subscribe(
+        self,
+        on_invalidate: InvalidateCallback,
+        on_reset: ResetCallback,
+        *,
+        on_message: MessageCallback | None = None,
+    ) -> None:
         """Start delivering other processes' messages to ``on_invalidate``.
+
+        With ``on_message``, every well-formed message (this backplane's own included, with
+        ``own=True``) goes to it instead, as a :class:`Message` carrying the version and
+        any entries a ``"set"`` carries.
 
         Returns at once; the subscription becomes active in the background (see
         :meth:`wait_connected`).
@@ -277,6 +308,7 @@ class RedisBackplane(Backplane):
         self._origin = origin if origin is not None else _new_origin()
         self._on_invalidate: InvalidateCallback | None = None
         self._on_reset: ResetCallback | None = None
+        self._on_message: MessageCallback | None = None
         self._closed = False
         self._init_process_state()
         _register(self)
@@ -375,11 +407,57 @@ class RedisBackplane(Backplane):
         self._count("published")
         return True
 
+    def shares_server(self, client: t.Any) -> bool:
+        """True if ``client`` (an L2's redis-py client) publishes where this backplane does,
+        so that a write and its announcement can go in one pipeline on ``client``."""
+        if self._closed or isinstance(self._client, redis.cluster.RedisCluster):
+            return False
+        if client is self._client:
+            return True
+        if isinstance(client, redis.cluster.RedisCluster):
+            return False
+        ours, theirs = _describe(self._client), _describe(client)
+        # Pub/sub channels are server-wide: the database number does not matter.
+        return ours.rpartition("/")[0] == theirs.rpartition("/")[0] and "://" in ours
+
+    def announcement(
+        self,
+        kind: str,
+        keys: t.Sequence[str],
+        version: int,
+        entries: t.Mapping[str, bytes] | None = None,
+    ) -> tuple[bytes, bytes, bool]:
+        """``(channel, message, carries_entries)``: the message :meth:`publish` would send,
+        for a caller that sends it itself (:meth:`RedisBackend.set_entries_announcing
+        <tieredcache.RedisBackend.set_entries_announcing>`), then reports it with
+        :meth:`sent`. A ``"set"`` carries the keys' encoded entries when every one of them
+        is at most :data:`MAX_INLINE_ENTRY` bytes; receivers update their L1 copies in
+        place with them (older receivers ignore the field and evict)."""
+        if kind not in KINDS:
+            raise ConfigurationError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        carried = None
+        if kind == "set" and entries and all(len(v) <= MAX_INLINE_ENTRY for v in entries.values()):
+            carried = entries
+        message = _encode(self._origin, kind, version, list(keys), carried)
+        return self._channel.encode("utf-8"), message, carried is not None
+
+    def sent(self, ok: bool) -> None:
+        """Count an :meth:`announcement` the caller sent (``ok``) or failed to send."""
+        self._count("published" if ok else "publish_errors")
+
     # -- subscribing ------------------------------------------------------------------
 
-    def subscribe(self, on_invalidate: InvalidateCallback, on_reset: ResetCallback) -> None:
+    def subscribe(
+        self,
+        on_invalidate: InvalidateCallback,
+        on_reset: ResetCallback,
+        *,
+        on_message: MessageCallback | None = None,
+    ) -> None:
         if not callable(on_invalidate) or not callable(on_reset):
             raise ConfigurationError("on_invalidate and on_reset must be callable")
+        if on_message is not None and not callable(on_message):
+            raise ConfigurationError("on_message must be callable")
         with self._lock:
             if self._closed:
                 raise ConfigurationError("this backplane is closed")
@@ -387,6 +465,7 @@ class RedisBackplane(Backplane):
                 raise ConfigurationError("this backplane already has a subscriber")
             self._on_invalidate = on_invalidate
             self._on_reset = on_reset
+            self._on_message = on_message
             self._start_locked()
 
     def _start_locked(self) -> None:
@@ -514,22 +593,26 @@ class RedisBackplane(Backplane):
             self._counts["received"] += 1
             self._last_message_at = time.time()
         try:
-            origin, kind, keys = _decode(data)
+            origin, kind, keys, version, entries = _decode_message(data)
         except ValueError as exc:
             self._count("malformed")
             self._log.warning(
                 "malformed", "backplane: ignoring a malformed message on %r: %s", self._channel, exc
             )
             return
-        if origin == self._origin:
-            self._count("ignored_own")
+        own = origin == self._origin
+        self._count("ignored_own" if own else "delivered")
+        on_message = self._on_message
+        if own and on_message is None:
             return
-        self._count("delivered")
         callback = self._on_invalidate
         if callback is None:  # pragma: no cover - the thread starts after subscribe()
             return
         try:
-            callback(kind, keys)
+            if on_message is not None:
+                on_message(Message(own, kind, keys, version, entries))
+            else:
+                callback(kind, keys)
         except Exception:
             self._count("callback_errors")
             self._log.warning(
@@ -674,13 +757,31 @@ def _dispose(pubsub: t.Any) -> None:
 # -- messages ---------------------------------------------------------------------------------
 
 
-def _encode(origin: str, kind: str, version: int, keys: t.Iterable[str]) -> bytes:
-    message = {"o": origin, "k": kind, "v": int(version), "keys": list(keys)}
+def _encode(
+    origin: str,
+    kind: str,
+    version: int,
+    keys: t.Iterable[str],
+    entries: t.Mapping[str, bytes] | None = None,
+) -> bytes:
+    message: dict[str, t.Any] = {"o": origin, "k": kind, "v": int(version), "keys": list(keys)}
+    if entries:
+        message["e"] = {k: base64.b64encode(v).decode("ascii") for k, v in entries.items()}
     return json.dumps(message, separators=(",", ":")).encode("ascii")
 
 
 def _decode(data: t.Any) -> tuple[str, str, list[str]]:
     """``(origin, kind, keys)`` of a message; an unknown kind becomes delete or clear.
+
+    :raises ValueError: the message is malformed.
+    """
+    origin, kind, keys, _, _ = _decode_message(data)
+    return origin, kind, keys
+
+
+def _decode_message(data: t.Any) -> tuple[str, str, list[str], int, dict[str, bytes]]:
+    """``(origin, kind, keys, version, entries)``; unknown fields are ignored, and entries
+    that are not well-formed are dropped (their keys are then evicted, not updated).
 
     :raises ValueError: the message is malformed.
     """
@@ -700,7 +801,20 @@ def _decode(data: t.Any) -> tuple[str, str, list[str]]:
         kind = "delete" if keys else "clear"
     if kind == "clear":
         keys = []
-    return origin, kind, keys
+    version = message.get("v", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        version = 0
+    entries: dict[str, bytes] = {}
+    carried = message.get("e")
+    if kind == "set" and isinstance(carried, dict):
+        wanted = set(keys)
+        for key, text in carried.items():
+            if key in wanted and isinstance(text, str):
+                try:
+                    entries[key] = base64.b64decode(text, validate=True)
+                except ValueError:
+                    continue
+    return origin, kind, keys, version, entries
 
 
 def _new_origin() -> str:
