@@ -394,7 +394,11 @@ class RedisBackend(Backend):
         self._counters.slot()[_SETS_INDEX] += len(encoded)
 
     def _set_announcing(
-        self, encoded: list[tuple[bytes, bytes, Entry]], channel: bytes, message: bytes, atomic: bool
+        self,
+        encoded: list[tuple[bytes, bytes, Entry]],
+        channel: bytes,
+        message: bytes,
+        atomic: bool,
     ) -> None:
         direct = self._direct
         if direct is not None and not self._cluster:

@@ -16,6 +16,7 @@ fail-open, the replay of failed writes and the announcement of what landed. Load
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import logging
 import random
 import typing as t
@@ -48,13 +49,13 @@ from tieredcache.serializers import Serializer
 from tieredcache.stats import TIERED_COUNTERS
 from tieredcache.stats import TIERED_INDEX
 from tieredcache.stats import Counters
+from tieredcache.tiered.coherence import OwnWrites
+from tieredcache.tiered.coherence import apply_message
 from tieredcache.tiered.l2gate import L2Gate
 from tieredcache.tiered.l2gate import PartialFailureHook
 from tieredcache.tiered.l2gate import delete_replay
 from tieredcache.tiered.l2gate import set_replay
 from tieredcache.tiered.l2gate import touch_replay
-from tieredcache.tiered.coherence import OwnWrites
-from tieredcache.tiered.coherence import apply_message
 from tieredcache.tiered.ordering import L1
 from tieredcache.tiered.ordering import Ordering
 from tieredcache.tiered.ordering import ReadToken
@@ -209,7 +210,12 @@ class TieredCache(Backend):
         )
         self._refresher = Refresher(self, self._gate, self._ordering, self._counters, self._flights)
         if backplane is not None:
-            backplane.subscribe(self._on_invalidate, self._on_reset, on_message=self._on_message)
+            if "on_message" in inspect.signature(backplane.subscribe).parameters:
+                backplane.subscribe(
+                    self._on_invalidate, self._on_reset, on_message=self._on_message
+                )
+            else:  # a backplane written against the older protocol: evictions only
+                backplane.subscribe(self._on_invalidate, self._on_reset)
 
     # -- configuration helpers --------------------------------------------------------
 
@@ -582,8 +588,13 @@ class TieredCache(Backend):
         added = fallback = False
         with gate.operation(), self._ordering.write(keys, next_version()) as slot:
             try:
-                added = gate.run(
-                    slot, lambda _: gate.call(self.l2.add_entry, key, entry), None, supersede=False
+                added = bool(
+                    gate.run(
+                        slot,
+                        lambda _: gate.call(self.l2.add_entry, key, entry),
+                        None,
+                        supersede=False,
+                    )
                 )
                 if not added:
                     held = gate.read(keys).get(key)
