@@ -5,7 +5,11 @@ Backplane
 A backplane keeps the in-process L1 of many processes coherent: after a process writes,
 deletes, touches or clears keys, it publishes one small notification, and every *other*
 process evicts those keys from its L1 (it re-reads them from the shared L2 on the next
-access). Notifications carry keys, never values ("payload-less", as FusionCache does).
+access). A ``"set"`` written through a Redis L2 on the backplane's server is announced in
+the write's own ``MULTI``/``EXEC`` and may carry the new entries (see
+:meth:`RedisBackplane.announcement`): a process holding such a key replaces its copy in order
+instead of evicting it (:mod:`tieredcache.tiered.coherence`). Every other message carries
+keys only.
 
 :class:`Backplane` is the protocol a composition talks to; :class:`RedisBackplane`
 implements it with Redis pub/sub.
@@ -21,7 +25,10 @@ keys of a batch operation in one message. The payload is compact ASCII JSON::
 ``o`` is the publisher's origin id (random, per backplane instance, new after a fork), ``k``
 the kind (``"set"``, ``"delete"``, ``"touch"`` or ``"clear"``; ``keys`` is empty for
 ``"clear"``), ``v`` the write version and ``keys`` the cache's own keys (before any backend
-prefix). A well-formed message of an unknown kind is delivered conservatively: as
+prefix). A ``"set"`` may add ``"e"``: ``{key: base64 of the encoded entry}`` (each at
+most :data:`MAX_INLINE_ENTRY` bytes, signed like L2 payloads when the serializer signs);
+receivers that do not know the field ignore it and evict. Unknown fields are ignored. A
+well-formed message of an unknown kind is delivered conservatively: as
 ``"delete"`` of its keys, or as ``"clear"`` when it has none. A malformed message is
 counted, logged and ignored.
 
