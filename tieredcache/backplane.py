@@ -5,7 +5,11 @@ Backplane
 A backplane keeps the in-process L1 of many processes coherent: after a process writes,
 deletes, touches or clears keys, it publishes one small notification, and every *other*
 process evicts those keys from its L1 (it re-reads them from the shared L2 on the next
-access). Notifications carry keys, never values ("payload-less", as FusionCache does).
+access). A ``"set"`` written through a Redis L2 on the backplane's server is announced in
+the write's own ``MULTI``/``EXEC`` and may carry the new entries (see
+:meth:`RedisBackplane.announcement`): a process holding such a key replaces its copy in order
+instead of evicting it (:mod:`tieredcache.tiered.coherence`). Every other message carries
+keys only.
 
 :class:`Backplane` is the protocol a composition talks to; :class:`RedisBackplane`
 implements it with Redis pub/sub.
@@ -21,7 +25,10 @@ keys of a batch operation in one message. The payload is compact ASCII JSON::
 ``o`` is the publisher's origin id (random, per backplane instance, new after a fork), ``k``
 the kind (``"set"``, ``"delete"``, ``"touch"`` or ``"clear"``; ``keys`` is empty for
 ``"clear"``), ``v`` the write version and ``keys`` the cache's own keys (before any backend
-prefix). A well-formed message of an unknown kind is delivered conservatively: as
+prefix). A ``"set"`` may add ``"e"``: ``{key: base64 of the encoded entry}`` (each at
+most :data:`MAX_INLINE_ENTRY` bytes, signed like L2 payloads when the serializer signs);
+receivers that do not know the field ignore it and evict. Unknown fields are ignored. A
+well-formed message of an unknown kind is delivered conservatively: as
 ``"delete"`` of its keys, or as ``"clear"`` when it has none. A malformed message is
 counted, logged and ignored.
 
@@ -65,6 +72,7 @@ the interpreter joins non-daemon threads at exit, so exit never hangs on a subsc
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
@@ -102,8 +110,11 @@ from tieredcache.redis.connect import describe as _describe
 __all__ = [
     "DEFAULT_CHANNEL",
     "KINDS",
+    "MAX_INLINE_ENTRY",
     "Backplane",
     "InvalidateCallback",
+    "Message",
+    "MessageCallback",
     "RedisBackplane",
     "ResetCallback",
 ]
@@ -121,6 +132,23 @@ InvalidateCallback = t.Callable[[str, list[str]], None]
 
 ResetCallback = t.Callable[[], None]
 """``on_reset()``: messages may have been missed; flush (or cap) the whole L1."""
+
+MAX_INLINE_ENTRY = 1024
+"""The largest encoded entry (bytes) a ``"set"`` message carries; larger ones are evicted."""
+
+
+class Message(t.NamedTuple):
+    """A decoded message, as an ``on_message`` callback receives it."""
+
+    own: bool  # published by this backplane
+    kind: str  # a kind of KINDS (an unknown one is already mapped to delete or clear)
+    keys: list[str]
+    version: int
+    entries: dict[str, bytes]  # the encoded new entries a "set" carries (may be empty)
+
+
+MessageCallback = t.Callable[[Message], None]
+"""``on_message(message)``: every well-formed message, this process's own included."""
 
 _COUNTERS = (
     "published",
@@ -181,8 +209,18 @@ class Backplane:
         """
         raise NotImplementedError
 
-    def subscribe(self, on_invalidate: InvalidateCallback, on_reset: ResetCallback) -> None:
+    def subscribe(
+        self,
+        on_invalidate: InvalidateCallback,
+        on_reset: ResetCallback,
+        *,
+        on_message: MessageCallback | None = None,
+    ) -> None:
         """Start delivering other processes' messages to ``on_invalidate``.
+
+        With ``on_message``, every well-formed message (this backplane's own included, with
+        ``own=True``) goes to it instead, as a :class:`Message` carrying the version and
+        any entries a ``"set"`` carries.
 
         Returns at once; the subscription becomes active in the background (see
         :meth:`wait_connected`).
@@ -306,6 +344,7 @@ class RedisBackplane(Backplane):
         self._origin = origin if origin is not None else _new_origin()
         self._on_invalidate: InvalidateCallback | None = None
         self._on_reset: ResetCallback | None = None
+        self._on_message: MessageCallback | None = None
         self._closed = False
         self._init_process_state()
         _register(self)
@@ -421,11 +460,57 @@ class RedisBackplane(Backplane):
         self._count("published")
         return True
 
+    def shares_server(self, client: t.Any) -> bool:
+        """True if ``client`` (an L2's redis-py client) publishes where this backplane does,
+        so that a write and its announcement can go in one pipeline on ``client``."""
+        if self._closed or isinstance(self._client, redis.cluster.RedisCluster):
+            return False
+        if client is self._client:
+            return True
+        if isinstance(client, redis.cluster.RedisCluster):
+            return False
+        ours, theirs = _describe(self._client), _describe(client)
+        # Pub/sub channels are server-wide: the database number does not matter.
+        return ours.rpartition("/")[0] == theirs.rpartition("/")[0] and "://" in ours
+
+    def announcement(
+        self,
+        kind: str,
+        keys: t.Sequence[str],
+        version: int,
+        entries: t.Mapping[str, bytes] | None = None,
+    ) -> tuple[bytes, bytes, bool]:
+        """``(channel, message, carries_entries)``: the message :meth:`publish` would send,
+        for a caller that sends it itself (:meth:`RedisBackend.set_entries_announcing
+        <tieredcache.RedisBackend.set_entries_announcing>`), then reports it with
+        :meth:`sent`. A ``"set"`` carries the keys' encoded entries when every one of them
+        is at most :data:`MAX_INLINE_ENTRY` bytes; receivers update their L1 copies in
+        place with them (older receivers ignore the field and evict)."""
+        if kind not in KINDS:
+            raise ConfigurationError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        carried = None
+        if kind == "set" and entries and all(len(v) <= MAX_INLINE_ENTRY for v in entries.values()):
+            carried = entries
+        message = _encode(self._origin, kind, version, list(keys), carried)
+        return self._channel.encode("utf-8"), message, carried is not None
+
+    def sent(self, ok: bool) -> None:
+        """Count an :meth:`announcement` the caller sent (``ok``) or failed to send."""
+        self._count("published" if ok else "publish_errors")
+
     # -- subscribing ------------------------------------------------------------------
 
-    def subscribe(self, on_invalidate: InvalidateCallback, on_reset: ResetCallback) -> None:
+    def subscribe(
+        self,
+        on_invalidate: InvalidateCallback,
+        on_reset: ResetCallback,
+        *,
+        on_message: MessageCallback | None = None,
+    ) -> None:
         if not callable(on_invalidate) or not callable(on_reset):
             raise ConfigurationError("on_invalidate and on_reset must be callable")
+        if on_message is not None and not callable(on_message):
+            raise ConfigurationError("on_message must be callable")
         with self._lock:
             if self._closed:
                 raise ConfigurationError("this backplane is closed")
@@ -433,6 +518,7 @@ class RedisBackplane(Backplane):
                 raise ConfigurationError("this backplane already has a subscriber")
             self._on_invalidate = on_invalidate
             self._on_reset = on_reset
+            self._on_message = on_message
             self._start_locked()
 
     def _start_locked(self) -> None:
@@ -571,18 +657,21 @@ class RedisBackplane(Backplane):
             self._counts["received"] += 1
             self._last_message_at = time.time()
         try:
-            origin, kind, keys = _decode(data)
+            origin, kind, keys, version, entries = _decode_message(data)
         except ValueError as exc:
             self._count("malformed")
             self._log.warning(
                 "malformed", "backplane: ignoring a malformed message on %r: %s", self._channel, exc
             )
             return
-        if origin == self._origin:
-            self._count("ignored_own")
+        own = origin == self._origin
+        self._count("ignored_own" if own else "delivered")
+        on_message = self._on_message
+        if own and on_message is None:
             return
-        self._count("delivered")
-        self._dispatch(kind, keys)
+        self._dispatch(
+            kind, keys, None if on_message is None else Message(own, kind, keys, version, entries)
+        )
 
     def _tracked(self, data: t.Any) -> None:
         """A tracking invalidation: keys changed on the server (by anyone), or a flush."""
@@ -597,12 +686,18 @@ class RedisBackplane(Backplane):
         elif keys:
             self._dispatch("delete", keys)
 
-    def _dispatch(self, kind: str, keys: list[str]) -> None:
+    def _dispatch(self, kind: str, keys: list[str], message: Message | None = None) -> None:
+        """Hand a message to the subscriber: the whole message to ``on_message`` when there
+        is one (it may carry new entries), else ``on_invalidate(kind, keys)``."""
         callback = self._on_invalidate
         if callback is None:  # pragma: no cover - the thread starts after subscribe()
             return
+        on_message = self._on_message
         try:
-            callback(kind, keys)
+            if message is not None and on_message is not None:
+                on_message(message)
+            else:
+                callback(kind, keys)
         except Exception:
             self._count("callback_errors")
             self._log.warning(
@@ -777,13 +872,31 @@ def _dispose(pubsub: t.Any) -> None:
 # -- messages ---------------------------------------------------------------------------------
 
 
-def _encode(origin: str, kind: str, version: int, keys: t.Iterable[str]) -> bytes:
-    message = {"o": origin, "k": kind, "v": int(version), "keys": list(keys)}
+def _encode(
+    origin: str,
+    kind: str,
+    version: int,
+    keys: t.Iterable[str],
+    entries: t.Mapping[str, bytes] | None = None,
+) -> bytes:
+    message: dict[str, t.Any] = {"o": origin, "k": kind, "v": int(version), "keys": list(keys)}
+    if entries:
+        message["e"] = {k: base64.b64encode(v).decode("ascii") for k, v in entries.items()}
     return json.dumps(message, separators=(",", ":")).encode("ascii")
 
 
 def _decode(data: t.Any) -> tuple[str, str, list[str]]:
     """``(origin, kind, keys)`` of a message; an unknown kind becomes delete or clear.
+
+    :raises ValueError: the message is malformed.
+    """
+    origin, kind, keys, _, _ = _decode_message(data)
+    return origin, kind, keys
+
+
+def _decode_message(data: t.Any) -> tuple[str, str, list[str], int, dict[str, bytes]]:
+    """``(origin, kind, keys, version, entries)``; unknown fields are ignored, and entries
+    that are not well-formed are dropped (their keys are then evicted, not updated).
 
     :raises ValueError: the message is malformed.
     """
@@ -803,7 +916,20 @@ def _decode(data: t.Any) -> tuple[str, str, list[str]]:
         kind = "delete" if keys else "clear"
     if kind == "clear":
         keys = []
-    return origin, kind, keys
+    version = message.get("v", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        version = 0
+    entries: dict[str, bytes] = {}
+    carried = message.get("e")
+    if kind == "set" and isinstance(carried, dict):
+        wanted = set(keys)
+        for key, text in carried.items():
+            if key in wanted and isinstance(text, str):
+                try:
+                    entries[key] = base64.b64decode(text, validate=True)
+                except ValueError:
+                    continue
+    return origin, kind, keys, version, entries
 
 
 def _new_origin() -> str:

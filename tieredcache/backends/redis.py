@@ -41,6 +41,7 @@ from tieredcache.errors import DeserializationError
 from tieredcache.keyglob import compile_glob
 from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import Serializer
+from tieredcache.stats import COUNTERS
 
 try:
     import redis
@@ -68,6 +69,7 @@ from tieredcache.redis.direct import pack_set
 __all__ = ["SCHEMES", "RedisBackend"]
 
 _SCAN_COUNT = 1000
+_SETS_INDEX = COUNTERS.index("sets")
 # Float noise: at epoch magnitudes a double resolves about 0.24 µs, so ``(now + 0.25) - now``
 # may come out a hair above 250 ms; ceil() must not turn that into 251.
 _PX_SLACK_MS = 0.001
@@ -358,6 +360,57 @@ class RedisBackend(Backend):
         with self._client.pipeline(transaction=False) as pipe:
             for full, data, expires_at in encoded:
                 pipe.set(full, data, px=self._px(expires_at))
+            pipe.execute()
+
+    def set_entries_announcing(
+        self,
+        items: t.Mapping[str, Entry],
+        announcement: t.Callable[[dict[str, bytes]], tuple[bytes, bytes, bool]],
+    ) -> None:
+        """Store ``items`` and publish their announcement in the same round trip.
+
+        ``announcement(payloads)`` gets each key's encoded envelope (before any I/O) and
+        returns ``(channel, message, atomic)``. The ``PUBLISH`` follows the ``SET`` commands
+        on one connection; with ``atomic`` the whole is one ``MULTI``/``EXEC`` transaction,
+        so that nothing is published unless every write is applied, and no other client's
+        write or message comes in between (messages then follow the order of the writes).
+        Items must be unexpired (the composition checks). Not for cluster clients.
+
+        :raises BackendError: the store failed; the announcement may not have been sent.
+        """
+        encoded = [(self._key(k), self.codec.encode(e), e) for k, e in items.items()]
+        payloads = {k: data for k, (_, data, _) in zip(items, encoded)}
+        channel, message, atomic = announcement(payloads)
+        self._call(self._set_announcing, encoded, channel, message, atomic)
+        self._counters.slot()[_SETS_INDEX] += len(encoded)
+
+    def _set_announcing(
+        self,
+        encoded: list[tuple[bytes, bytes, Entry]],
+        channel: bytes,
+        message: bytes,
+        atomic: bool,
+    ) -> None:
+        direct = self._direct
+        if direct is not None and not self._cluster:
+            parts = [b"*1\r\n$5\r\nMULTI\r\n"] if atomic else []
+            parts.extend(pack_set(full, data, self._px(e.expires_at)) for full, data, e in encoded)
+            parts.append(pack(b"PUBLISH", channel, message))
+            if atomic:
+                parts.append(b"*1\r\n$4\r\nEXEC\r\n")
+            replies = len(encoded) + 1 + (2 if atomic else 0)
+            try:
+                result = direct.call(b"".join(parts), replies=replies)
+            except RETRY_THROUGH_CLIENT:
+                pass
+            else:
+                if atomic and result[-1] is None:  # pragma: no cover - no WATCH is used
+                    raise redis.exceptions.ResponseError("EXEC aborted")
+                return
+        with self._client.pipeline(transaction=atomic) as pipe:
+            for full, data, e in encoded:
+                pipe.set(full, data, px=self._px(e.expires_at))
+            pipe.publish(channel, message)
             pipe.execute()
 
     def _add(self, key: str, entry: Entry) -> bool:

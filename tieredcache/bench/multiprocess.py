@@ -4,8 +4,10 @@ Worker processes (1, 2, 4, 8 by default) share one Redis, which the run starts o
 loopback port. Every worker runs the same cells in the same order, one after another: a
 cell is one subject under one read/write mix. In a cell each worker does
 :attr:`~tieredcache.bench.config.MultiprocessConfig.ops` operations on keys drawn Zipf
-over a few thousand keys; a read that misses sets the value, as an application's cache
-does. The first half of the operations is warm-up; then every worker waits at a barrier,
+over a few thousand keys; a read that misses stores the value, as an application's cache
+does: raw clients ``SET`` it, the tiers fill it as ``get_or_set`` does (set-if-absent at
+L2, :meth:`~tieredcache.TieredCache.fill_entry`; the Django tier calls ``get_or_set``).
+The first half of the operations is warm-up; then every worker waits at a barrier,
 the parent reads the server's command counters (``INFO commandstats``), and the workers
 run the second half, which is what is measured:
 
@@ -358,6 +360,7 @@ def _drive(
 ) -> tuple[int, int, int]:
     """Run ``plan`` (a read that misses sets the value); ``(operations, reads, found)``."""
     get, set_ = subject.get, subject.set
+    fill = subject.fill or set_
     reads = found = done = 0
     clock = time.monotonic
     for done, (write, key) in enumerate(plan, 1):
@@ -366,7 +369,7 @@ def _drive(
         else:
             reads += 1
             if get(key) is None:
-                set_(key, value)
+                fill(key, value)
             else:
                 found += 1
         if done % _CHECK_EVERY == 0 and clock() > deadline:

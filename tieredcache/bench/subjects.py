@@ -19,6 +19,7 @@ import typing as t
 
 from tieredcache.bench.config import TTL
 from tieredcache.bench.config import Env
+from tieredcache.entry import Entry
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -58,6 +59,9 @@ class Subject:
         self.set: t.Callable[[str, t.Any], t.Any] = _unsupported
         self.get_many: t.Callable[[list[str]], t.Any] = _unsupported
         self.set_many: t.Callable[[dict[str, t.Any]], t.Any] = _unsupported
+        #: Stores the value of a read that missed (the worker-process benchmark): a plain
+        #: ``set`` unless the subject has a fill (set-if-absent, as ``get_or_set`` stores).
+        self.fill: t.Callable[[str, t.Any], t.Any] | None = None
 
     def forget_near(self, key: str) -> None:
         """Drop the in-process copy of ``key``."""
@@ -143,6 +147,8 @@ class TieredSubject(Subject):
         self.set = lambda key, value: cache.set(key, value, TTL)
         self.get_many = cache.get_many
         self.set_many = lambda mapping: cache.set_many(mapping, TTL)
+        make_entry, fill_entry = cache.make_entry, cache.fill_entry
+        self.fill = lambda key, value: fill_entry(key, t.cast(Entry, make_entry(value, TTL)))
 
     def forget_near(self, key: str) -> None:
         self.l1.delete(key)
@@ -445,6 +451,12 @@ class _DjangoTiered(_Django):
 
 class _DjangoTieredBackplane(_DjangoTiered):
     backplane = True
+
+    def __init__(self, env: Env, prefix: str) -> None:
+        super().__init__(env, prefix)
+        cache = self.cache
+        # A read that missed stores through get_or_set (set-if-absent, not announced).
+        self.fill = lambda key, value: cache.get_or_set(key, value, TTL)
 
     def options(self) -> dict[str, t.Any]:
         # The same L1 size as the TieredSubject of the worker-process benchmark.

@@ -15,6 +15,7 @@ import typing as t
 from tieredcache.backplane import KINDS
 from tieredcache.backplane import Backplane
 from tieredcache.backplane import InvalidateCallback
+from tieredcache.backplane import MessageCallback
 from tieredcache.backplane import ResetCallback
 from tieredcache.errors import ConfigurationError
 
@@ -81,7 +82,14 @@ class LocalBackplane(Backplane):
             self.published += 1
         return sent
 
-    def subscribe(self, on_invalidate: InvalidateCallback, on_reset: ResetCallback) -> None:
+    def subscribe(
+        self,
+        on_invalidate: InvalidateCallback,
+        on_reset: ResetCallback,
+        *,
+        on_message: MessageCallback | None = None,
+    ) -> None:
+        """Subscribe; ``on_message`` is not used (this backplane delivers evictions only)."""
         if self._on_invalidate is not None:
             raise ConfigurationError("this backplane already has a subscriber")
         self._on_invalidate = on_invalidate

@@ -16,6 +16,7 @@ fail-open, the replay of failed writes and the announcement of what landed. Load
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import logging
 import random
 import typing as t
@@ -55,6 +56,8 @@ from tieredcache.serializers import Serializer
 from tieredcache.stats import TIERED_COUNTERS
 from tieredcache.stats import TIERED_INDEX
 from tieredcache.stats import Counters
+from tieredcache.tiered.coherence import OwnWrites
+from tieredcache.tiered.coherence import apply_message
 from tieredcache.tiered.features import CacheFeatures
 from tieredcache.tiered.l2gate import L2Gate
 from tieredcache.tiered.l2gate import PartialFailureHook
@@ -73,6 +76,7 @@ from tieredcache.tiered.tags import check_tags
 
 if t.TYPE_CHECKING:
     from tieredcache.backplane import Backplane
+    from tieredcache.backplane import Message
     from tieredcache.offload import Offload
 
 __all__ = ["TieredCache"]
@@ -213,6 +217,7 @@ class TieredCache(CacheFeatures, Backend):
         # With a NullBackend as L2 the composition is an L1-only cache: L1 decides add/incr.
         self._l2_stores_nothing = isinstance(l2, NullBackend)
         self.backplane = backplane
+        self._own = OwnWrites(on_forget=self._forget_own)
         self._gate = L2Gate(
             l2,
             l1,
@@ -223,6 +228,7 @@ class TieredCache(CacheFeatures, Backend):
             replay_limit=replay_limit,
             backplane=backplane,
             on_partial_failure=self._report_l2_partial,
+            own=self._own,
         )
         tag_seconds = validate_ttl(tag_ttl, name="tag_ttl")
         if tag_seconds is None or tag_seconds < 0:
@@ -238,7 +244,12 @@ class TieredCache(CacheFeatures, Backend):
             breaker.on_close(lambda: events.emit(BREAKER_CLOSED, breaker=name))
         if backplane is not None:
             backplane.bind(l2)  # server-assisted invalidation tracks the L2's key prefix
-            backplane.subscribe(self._on_invalidate, self._on_reset)
+            if "on_message" in inspect.signature(backplane.subscribe).parameters:
+                backplane.subscribe(
+                    self._on_invalidate, self._on_reset, on_message=self._on_message
+                )
+            else:  # a backplane written against the older protocol: evictions only
+                backplane.subscribe(self._on_invalidate, self._on_reset)
 
     # -- configuration helpers --------------------------------------------------------
 
@@ -267,6 +278,11 @@ class TieredCache(CacheFeatures, Backend):
     def gate(self) -> L2Gate:
         """The :class:`~tieredcache.tiered.l2gate.L2Gate` every L2 call goes through."""
         return self._gate
+
+    @property
+    def ordering(self) -> Ordering:
+        """The per-key :class:`~tieredcache.tiered.ordering.Ordering` of this composition."""
+        return self._ordering
 
     @property
     def breaker(self) -> CircuitBreaker | None:
@@ -699,6 +715,59 @@ class TieredCache(CacheFeatures, Backend):
                 self._counters.slot()[_SETS] += 1
             return bool(added)
 
+    def fill_entry(self, key: str, entry: Entry) -> Entry:
+        """Store a value loaded after a miss, set-if-absent at L2; the entry now held.
+
+        L2 decides: when the add wins, no other process can hold a copy of the key, so
+        nothing is announced; when it loses (another process filled or wrote the key
+        meanwhile), L2's entry is returned and copied into L1 instead. ``get_or_set``
+        stores what its loader returns this way.
+        """
+        check_key(key)
+        now = self._now()
+        if entry.expires_at is not None and entry.expires_at <= now:
+            return entry
+        if self._l2_stores_nothing:
+            self.set_entries({key: entry})
+            return entry
+        self.check_serializable([entry.value])
+        keys = [key]
+        gate = self._gate
+        held: Entry | None = entry
+        added = fallback = False
+        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
+            try:
+                added = bool(
+                    gate.run(
+                        slot,
+                        lambda _: gate.call(self.l2.add_entry, key, entry),
+                        None,
+                        supersede=False,
+                    )
+                )
+                if not added:
+                    held = gate.read(keys).get(key)
+                    if held is not None and held.tags and not self.tag_index.valid(held):
+                        # L2 still holds an entry whose tag was invalidated: logically the
+                        # key is empty, so the loaded value replaces it.
+                        held = None
+                        fallback = True
+            except BackendUnavailableError as exc:
+                if not gate.fail_open:
+                    raise
+                gate.absorb("write", "add", keys, exc)
+                held = None
+                fallback = True  # written below as an ordinary write, replayed later
+            if held is not None:
+                slot.run(L1, self.write_l1({key: self.cap(held, now)}))
+                if held is entry:
+                    self._counters.slot()[_SETS] += 1
+                return held
+        if fallback:  # L2 unavailable (replayed later), or holding an invalidated entry
+            self.write_entries({key: entry}, now)
+        # Otherwise L2 lost the winner meanwhile (expired, deleted): nothing is stored.
+        return entry
+
     def delete(self, key: str) -> bool:
         check_key(key)
         return bool(self._delete_keys([key]))
@@ -887,6 +956,26 @@ class TieredCache(CacheFeatures, Backend):
                 slot.run(L1, self.l1.delete_many)
         except Exception:
             logger.exception("tiered: evicting invalidated keys from l1 failed")
+
+    def _on_message(self, message: Message) -> None:
+        """A backplane message: ours confirms our write; another's updates or evicts."""
+        if message.own:
+            if message.kind == "set":
+                self._own.confirm(message.keys, message.version)
+            return
+        if message.kind == "clear" or not message.keys:
+            self._on_invalidate(message.kind, message.keys)
+            return
+        self._counters.slot()[_INVALIDATIONS] += 1
+        try:
+            apply_message(self, self._own, message)
+        except Exception:
+            logger.exception("tiered: applying a backplane message to l1 failed")
+            self._on_reset()
+
+    def _forget_own(self, key: str) -> None:
+        """An own write is no longer tracked: drop the L1 copy rather than risk it."""
+        self._on_invalidate("delete", [key])
 
     def _on_reset(self) -> None:
         """Invalidations may have been missed: nothing in L1 can be trusted any more."""

@@ -61,6 +61,7 @@ if t.TYPE_CHECKING:
     from tieredcache.backends.base import Backend
     from tieredcache.backplane import Backplane
     from tieredcache.events import Events
+    from tieredcache.tiered.coherence import OwnWrites
 
 __all__ = [
     "CallWrapper",
@@ -135,6 +136,7 @@ class L2Gate:
         replay_limit: int = 10_000,
         backplane: Backplane | None = None,
         on_partial_failure: PartialFailureHook | None = None,
+        own: OwnWrites | None = None,
     ) -> None:
         self.l2 = l2
         self.l1 = l1
@@ -145,6 +147,15 @@ class L2Gate:
         self.replay_limit = replay_limit
         self.backplane = backplane
         self.on_partial_failure = on_partial_failure
+        self.own = own
+        #: Send a set and its announcement in one round trip (the backplane publishes on
+        #: the L2's server; see :meth:`RedisBackend.set_entries_announcing`).
+        self.inline = bool(
+            backplane is not None
+            and hasattr(l2, "set_entries_announcing")
+            and hasattr(backplane, "announcement")
+            and t.cast(t.Any, backplane).shares_server(getattr(l2, "client", None))
+        )
         self.timeout = call_timeout(l2)
         #: Run replays and announcements on the gate's own worker thread. Tests that drive
         #: them step by step (:meth:`replay`, :meth:`send_announcements`) turn it off.
@@ -382,14 +393,21 @@ class L2Gate:
         """The L2 part of a set of ``items`` at ``seq``."""
 
         def op(live: list[str]) -> None:
-            self._write(
-                "set",
-                live,
-                seq,
-                set_replay(items),
-                self.l2.set_entries,
-                {k: items[k] for k in live},
-            )
+            chosen = {k: items[k] for k in live}
+            if self.own is not None:
+                self.own.mark(live, seq)
+            try:
+                if self._failed_while_waiting():
+                    raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
+                if self.inline:
+                    self._set_announcing(chosen, seq)
+                    self._supersede(live, seq, announced=True)
+                    return
+                self.call(self.l2.set_entries, chosen)
+            except BackendUnavailableError as exc:
+                self._unavailable(live, seq, exc, set_replay(items))
+                return
+            self.landed("set", live, seq)
 
         return op
 
@@ -439,8 +457,37 @@ class L2Gate:
 
         return op
 
+    def _set_announcing(self, chosen: dict[str, Entry], seq: int) -> None:
+        """Write ``chosen`` and announce it in one pipeline; the message carries the entries
+        when they are small, and is then sent in one transaction with the writes."""
+        backplane = t.cast(t.Any, self.backplane)
+        keys = list(chosen)
+
+        def announcement(payloads: dict[str, bytes]) -> tuple[bytes, bytes, bool]:
+            result: tuple[bytes, bytes, bool] = backplane.announcement("set", keys, seq, payloads)
+            return result
+
+        try:
+            self.call(t.cast(t.Any, self.l2).set_entries_announcing, chosen, announcement)
+        except BaseException:
+            backplane.sent(False)
+            raise
+        backplane.sent(True)
+
     def landed(self, kind: str, keys: t.Sequence[str], seq: int) -> None:
         """Writes of ``keys`` at ``seq`` reached L2: supersede older queued ones, announce."""
+        self._supersede(keys, seq)
+        self.announce(kind, keys, seq)
+
+    def _supersede(self, keys: t.Sequence[str], seq: int, *, announced: bool = False) -> None:
+        """Drop queued replays of ``keys`` older than ``seq`` (and queued announcements,
+        when this write was announced with itself)."""
+        if announced and self._announce:
+            with self._lock:
+                for key in keys:
+                    pending = self._announce.get(key)
+                    if pending is not None and pending[1] <= seq:
+                        del self._announce[key]
         if self._queue:
             with self._lock:
                 for key in keys:
@@ -449,7 +496,6 @@ class L2Gate:
                         del self._queue[key]
                         self.replay_superseded += 1
             self.wake()
-        self.announce(kind, keys, seq)
 
     # -- the replay queue ---------------------------------------------------------------
 
@@ -516,9 +562,13 @@ class L2Gate:
                     )
                     continue
                 if ran is None:
-                    # A newer write of the key reached L2, or is queued, meanwhile.
+                    # A newer write of the key reached L2, or is queued, meanwhile. L1 may
+                    # still hold this one (written while L2 was down): drop it unless a
+                    # newer write of this process is there.
                     with self._lock:
                         self.replay_superseded += 1
+                    if item.op != "touch":
+                        slot.run(L1, self.l1.delete_many)
                     continue
                 if item.op == "delete":
                     # L1 may have been refilled from L2's old value before the delete landed.

@@ -207,9 +207,10 @@ class Refresher:
         entry = self.entry_with_stale(result, ttl, stale_ttl, options)
         if entry is None:
             self.cache.delete(key)
-        else:
-            self.cache.set_entry(key, entry)
-        return value
+            return value
+        # Set-if-absent at L2: a fill needs no announcement, and when another process
+        # filled the key first, its value is the one every process sees.
+        return self.cache.fill_entry(key, entry).value
 
     def _schedule_refresh(
         self,
