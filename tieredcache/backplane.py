@@ -77,6 +77,7 @@ import typing as t
 import weakref
 
 from tieredcache import lifecycle
+from tieredcache.cluster_tracking import ClusterTracking
 from tieredcache.errors import ConfigurationError
 from tieredcache.ratelog import RateLimitedLog
 from tieredcache.tracking import TRACKING_CHANNEL
@@ -298,6 +299,18 @@ class RedisBackplane(Backplane):
         if self._tracking is not None:
             _check_tracking_client(client, self._closers)
         self._client: t.Any = client
+        self._cluster_tracking: ClusterTracking | None = None
+        if self._tracking is not None and isinstance(client, redis.cluster.RedisCluster):
+            self._cluster_tracking = ClusterTracking(
+                client,
+                self._tracking,
+                on_message=self._tracked,
+                on_reset=self._reset,
+                count=self._count,
+                reconnect_backoff=(float(first), float(most)),
+                health_interval=health_interval,
+                close_timeout=close_timeout,
+            )
         self._channel = channel
         self._backoff = (float(first), float(most))
         self._health_interval = None if health_interval is None else float(health_interval)
@@ -371,7 +384,8 @@ class RedisBackplane(Backplane):
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        group = self._cluster_tracking
+        return self._connected.is_set() and (group is None or group.connected)
 
     @property
     def tracking(self) -> ServerTracking | None:
@@ -390,7 +404,15 @@ class RedisBackplane(Backplane):
             )
 
     def wait_connected(self, timeout: float | None = None) -> bool:
-        return self._connected.wait(timeout)
+        started = time.monotonic()
+        if not self._connected.wait(timeout):
+            return False
+        group = self._cluster_tracking
+        if group is None:
+            return True
+        return group.wait_connected(
+            None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        )
 
     # -- publishing -------------------------------------------------------------------
 
@@ -444,6 +466,8 @@ class RedisBackplane(Backplane):
         )
         self._thread = thread
         thread.start()
+        if self._cluster_tracking is not None:
+            self._cluster_tracking.start()  # one tracking subscriber per primary
 
     def _run(self, stop: threading.Event) -> None:
         """The subscriber thread: subscribe, listen, and on failure reset and reconnect."""
@@ -501,7 +525,7 @@ class RedisBackplane(Backplane):
     def _subscribe(self, pubsub: t.Any, stop: threading.Event) -> bool:
         """Subscribe and wait for the server's confirmation; False if stopped meanwhile."""
         channels = [self._channel]
-        if self._tracking is not None:
+        if self._tracking is not None and self._cluster_tracking is None:
             channels.append(TRACKING_CHANNEL)
         pubsub.subscribe(*channels)
         confirmed = 0
@@ -643,6 +667,9 @@ class RedisBackplane(Backplane):
             self._stop.set()
             thread = self._thread
             closers, self._closers = self._closers, []
+        started = time.monotonic()
+        if self._cluster_tracking is not None:
+            self._cluster_tracking.stop()  # joined below, after the subscriber thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self._close_timeout)
             if thread.is_alive():
@@ -651,6 +678,9 @@ class RedisBackplane(Backplane):
                     thread.name,
                     self._close_timeout,
                 )
+        if self._cluster_tracking is not None:
+            spent = time.monotonic() - started
+            self._cluster_tracking.close(max(0.0, self._close_timeout - spent))
         if first_close:
             _unregister(self)
         _close_all(closers)
@@ -697,6 +727,8 @@ class RedisBackplane(Backplane):
         figures["origin"] = self._origin
         figures["channel"] = self._channel
         figures["tracking"] = self._tracking is not None
+        if self._cluster_tracking is not None:
+            figures["tracking_nodes"] = self._cluster_tracking.nodes()
         return figures
 
     def __repr__(self) -> str:
@@ -756,11 +788,8 @@ def _check_tracking_client(client: t.Any, closers: list[t.Callable[[], None]]) -
     reason = None
     pool: t.Any = getattr(client, "connection_pool", None)
     if isinstance(client, redis.cluster.RedisCluster):
-        reason = (
-            "is not supported with Redis Cluster (each primary would need a subscriber of "
-            "its own); use the pub/sub backplane alone there"
-        )
-    elif not hasattr(pool, "connection_class") or not hasattr(pool, "connection_kwargs"):
+        return  # one tracking subscriber per primary: ClusterTracking
+    if not hasattr(pool, "connection_class") or not hasattr(pool, "connection_kwargs"):
         reason = "needs a redis.Redis client with a connection pool"
     if reason is not None:
         _close_all(closers)
