@@ -60,7 +60,10 @@ Each subscribed :class:`RedisBackplane` runs one non-daemon thread named
 thread. After ``os.fork()`` the child gets a new origin id and, if the parent was
 subscribed, starts a subscriber of its own (the parent's thread does not exist in the
 child), which calls ``on_reset()`` once subscribed. Every live backplane is closed before
-the interpreter joins non-daemon threads at exit, so exit never hangs on a subscriber.
+the interpreter joins non-daemon threads at exit, so exit never hangs on a subscriber. With
+``tracking=True`` on a Redis Cluster, the tracking subscribers (one thread per primary and
+a topology supervisor, :mod:`tieredcache.cluster_tracking`) start, stop and restart after a
+fork with the pub/sub one.
 """
 
 from __future__ import annotations
@@ -254,12 +257,17 @@ class RedisBackplane(Backplane):
     :param tracking: also enable Redis server-assisted invalidation (``CLIENT TRACKING`` in
         broadcast mode, see :mod:`tieredcache.tracking`) on the subscriber connection: keys
         changed by *any* client, expired or evicted on the server, and flushes, evict L1
-        too. Needs Redis 6.0 or later and no cluster (the subscriber connection always
-        speaks RESP2).
+        too. Needs Redis 6.0 or later (the subscriber connection always speaks RESP2). With a
+        ``RedisCluster`` client, one tracking subscriber runs per primary (a connection and
+        a thread each, found from the client's slot map and followed through failovers),
+        besides the pub/sub subscriber; a flush of any primary resets L1, and a broken
+        subscription on any primary calls ``on_reset()`` and makes :attr:`connected` false
+        until it is back (see :mod:`tieredcache.cluster_tracking`).
     :param tracking_prefixes: the Redis key-name prefixes tracked and stripped to give the
         cache's keys; by default the L2 backend's ``prefix`` (see :meth:`bind`), or every
         key when the backplane is used without a composition.
-    :raises ConfigurationError: a bad option, or ``tracking`` with a Redis Cluster client.
+    :raises ConfigurationError: a bad option, or ``tracking`` with a client that has no
+        connection pool.
     """
 
     name = "redis"
@@ -709,6 +717,8 @@ class RedisBackplane(Backplane):
         - ``resets`` (``on_reset()`` calls), ``reconnects`` (subscriptions after the first);
         - ``tracked`` (tracking invalidations read, with ``tracking=True``; own writes
           included), ``tracked_flushes`` (flushes among them);
+        - ``tracking_nodes`` (Redis Cluster with ``tracking=True`` only):
+          ``{"host:port": connected}`` per primary;
         - ``connected``, ``subscribed``, ``closed``, ``last_message_at`` (epoch seconds of
           the last message read, or ``None``), ``origin``, ``channel``.
         """
