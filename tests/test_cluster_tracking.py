@@ -26,10 +26,12 @@ from tieredcache import MemoryBackend
 from tieredcache import RedisBackend
 from tieredcache import TieredCache
 from tieredcache.backplane import RedisBackplane
+from tieredcache.cluster_tracking import ClusterTracking
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.cluster import RedisCluster
 from tieredcache.testing.servers import RedisServer
 from tieredcache.testing.servers import ServerNotInstalledError
+from tieredcache.testing.servers import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -288,3 +290,68 @@ def test_a_forked_child_runs_its_own_subscribers(
     assert report["threads"] == len(healthy.nodes) + 1
     assert all(report["nodes"].values()) and len(report["nodes"]) == len(healthy.nodes)
     assert backplane.connected  # the parent's subscribers are untouched
+
+
+def test_a_failover_moves_tracking_to_the_new_primary(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cluster of its own: a replica joins one master, then takes over (CLUSTER FAILOVER),
+    # with no connection of the backplane broken and no command sent through its client.
+    monkeypatch.setattr(ClusterTracking, "check_interval", 0.5)
+    with contextlib.ExitStack() as stack:
+        cl = stack.enter_context(RedisCluster(node_timeout_ms=1000))
+        port = free_port()
+        replica = RedisServer(
+            port,
+            extra_args=[
+                *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
+                *("--cluster-port", str(free_port()), "--cluster-node-timeout", "1000"),
+            ],
+        )
+        replica.start()
+        stack.callback(replica.stop)
+        victim = cl.nodes[0]
+        rc = stack.enter_context(node_client(replica))
+        with node_client(victim) as vc:
+            victim_id = vc.execute_command("CLUSTER", "MYID")
+            nodes = vc.execute_command("CLUSTER", "NODES")
+        text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+        myself = next(line for line in text.splitlines() if "myself" in line)
+        bus_port = myself.split()[1].split("@")[1].split(",")[0]
+        rc.execute_command("CLUSTER", "MEET", victim.host, victim.port, bus_port)
+        assert wait_until(
+            lambda: cl.cluster_info(replica).get("cluster_known_nodes") == "4", PATIENCE
+        )
+        assert wait_until(lambda: known(rc, victim_id), PATIENCE)
+        rc.execute_command("CLUSTER", "REPLICATE", victim_id)
+        assert wait_until(lambda: rc.info("replication")["master_link_status"] == "up", PATIENCE)
+
+        client = redis.cluster.RedisCluster(cl.nodes[1].host, cl.nodes[1].port)
+        stack.callback(client.close)
+        backplane = RedisBackplane(client, tracking=True, reconnect_backoff=(0.02, 0.2))
+        cache = TieredCache(
+            MemoryBackend(), RedisBackend(client, prefix=PREFIX), backplane=backplane
+        )
+        stack.callback(cache.close)
+        assert backplane.wait_connected(PATIENCE)
+        old, new = f"{victim.host}:{victim.port}", f"{replica.host}:{replica.port}"
+        assert set(backplane.stats()["tracking_nodes"]) == {f"{h}:{p}" for h, p in cl.addresses}
+        key = next(f"f{i}" for i in range(10_000) if cl.node_for_key(f"{PREFIX}f{i}") is victim)
+        loaded(cache, backplane, key, "old")
+
+        rc.execute_command("CLUSTER", "FAILOVER")
+        assert wait_until(lambda: new in backplane.stats()["tracking_nodes"], PATIENCE)
+        assert wait_until(lambda: old not in backplane.stats()["tracking_nodes"], PATIENCE)
+        assert backplane.wait_connected(PATIENCE)
+        assert backplane.stats()["connection_errors"] == 0  # found by the topology check
+        # The new primary's subscription began with a reset; load the key again and change
+        # it through the new primary.
+        loaded(cache, backplane, key, "old")
+        raw = redis.cluster.RedisCluster(replica.host, replica.port)
+        stack.callback(raw.close)
+        raw.delete(f"{PREFIX}{key}".encode())
+        assert wait_until(evicted(cache, key), PATIENCE)
+
+
+def known(client: redis.Redis, node_id: bytes) -> bool:
+    nodes = client.execute_command("CLUSTER", "NODES")
+    text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+    return node_id.decode() in text

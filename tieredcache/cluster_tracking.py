@@ -12,10 +12,12 @@ again after every reconnection.
 Primaries are read from the cluster client's slot map (``RedisCluster.get_primaries()``).
 A supervisor thread compares that map with the running subscribers every
 :attr:`ClusterTracking.topology_interval` seconds (the client updates its map when a command
-meets ``MOVED``), and when a subscriber loses or cannot open its connection it first asks the
-client to reload the topology from the cluster (``CLUSTER SLOTS``, at most once per
-second), so that a failover is followed even when the application sends no command.
-A subscriber whose node is no longer a primary is stopped; a new primary gets one.
+meets ``MOVED``). It has the client reload the topology from the cluster (at most once per
+second) when a subscriber loses or cannot open its connection, and when the primaries that
+``CLUSTER SLOTS`` names, asked every :attr:`ClusterTracking.check_interval` seconds, differ
+from the map's: so a failover is followed even when the application sends no command and
+no connection of this process broke. A subscriber whose node is no longer a primary is
+stopped; a new primary gets one (whose first subscription resets L1).
 
 Every subscription that begins (the first, a reconnection, a new primary's) and every
 subscription that breaks (connection lost, no ``PONG`` to a health check) calls
@@ -131,6 +133,10 @@ class ClusterTracking:
     poll_interval: t.ClassVar[float] = 0.05
     #: Seconds between two comparisons of the client's primaries with the subscribers.
     topology_interval: t.ClassVar[float] = 1.0
+    #: Seconds between two checks of the client's map against the cluster's (``CLUSTER
+    #: SLOTS`` on one node): a failover that broke no connection of this process (a manual
+    #: one, say) is noticed within this time even if the client meets no ``MOVED``.
+    check_interval: t.ClassVar[float] = 5.0
 
     def __init__(
         self,
@@ -169,6 +175,7 @@ class ClusterTracking:
         self._wake = threading.Event()
         self._refresh_wanted = False
         self._last_refresh = float("-inf")
+        self._last_check = time.monotonic()
         self._subscribers: dict[str, _NodeSubscriber] = {}
         self._retired: list[_NodeSubscriber] = []
         self._supervisor: threading.Thread | None = None
@@ -274,6 +281,16 @@ class ClusterTracking:
             return {}
         return {f"{node.host}:{node.port}": node for node in nodes}
 
+    def _map_is_stale(self) -> bool:
+        """Whether the cluster names other primaries than the client's map does."""
+        try:
+            slots = self._client.cluster_slots()
+            serving = {f"{s['primary'][0]}:{s['primary'][1]}" for s in slots.values()}
+        except Exception as exc:
+            self._log.warning("topology", "backplane: CLUSTER SLOTS failed: %r", exc)
+            return False
+        return serving != set(self._primaries())
+
     def _supervise(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.topology_interval)
@@ -282,6 +299,9 @@ class ClusterTracking:
                 break
             with self._changed:
                 reload = self._refresh_wanted
+            if not reload and time.monotonic() - self._last_check >= self.check_interval:
+                self._last_check = time.monotonic()
+                reload = self._map_is_stale()
             if reload and time.monotonic() - self._last_refresh >= _REFRESH_INTERVAL:
                 self._last_refresh = time.monotonic()
                 with self._changed:
