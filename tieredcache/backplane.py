@@ -67,7 +67,10 @@ Each subscribed :class:`RedisBackplane` runs one non-daemon thread named
 thread. After ``os.fork()`` the child gets a new origin id and, if the parent was
 subscribed, starts a subscriber of its own (the parent's thread does not exist in the
 child), which calls ``on_reset()`` once subscribed. Every live backplane is closed before
-the interpreter joins non-daemon threads at exit, so exit never hangs on a subscriber.
+the interpreter joins non-daemon threads at exit, so exit never hangs on a subscriber. With
+``tracking=True`` on a Redis Cluster, the tracking subscribers (one thread per primary and
+a topology supervisor, :mod:`tieredcache.cluster_tracking`) start, stop and restart after a
+fork with the pub/sub one.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ import typing as t
 import weakref
 
 from tieredcache import lifecycle
+from tieredcache.cluster_tracking import ClusterTracking
 from tieredcache.errors import ConfigurationError
 from tieredcache.ratelog import RateLimitedLog
 from tieredcache.tracking import TRACKING_CHANNEL
@@ -291,12 +295,17 @@ class RedisBackplane(Backplane):
     :param tracking: also enable Redis server-assisted invalidation (``CLIENT TRACKING`` in
         broadcast mode, see :mod:`tieredcache.tracking`) on the subscriber connection: keys
         changed by *any* client, expired or evicted on the server, and flushes, evict L1
-        too. Needs Redis 6.0 or later and no cluster (the subscriber connection always
-        speaks RESP2).
+        too. Needs Redis 6.0 or later (the subscriber connection always speaks RESP2). With a
+        ``RedisCluster`` client, one tracking subscriber runs per primary (a connection and
+        a thread each, found from the client's slot map and followed through failovers),
+        besides the pub/sub subscriber; a flush of any primary resets L1, and a broken
+        subscription on any primary calls ``on_reset()`` and makes :attr:`connected` false
+        until it is back (see :mod:`tieredcache.cluster_tracking`).
     :param tracking_prefixes: the Redis key-name prefixes tracked and stripped to give the
         cache's keys; by default the L2 backend's ``prefix`` (see :meth:`bind`), or every
         key when the backplane is used without a composition.
-    :raises ConfigurationError: a bad option, or ``tracking`` with a Redis Cluster client.
+    :raises ConfigurationError: a bad option, or ``tracking`` with a client that has no
+        connection pool.
     """
 
     name = "redis"
@@ -336,6 +345,18 @@ class RedisBackplane(Backplane):
         if self._tracking is not None:
             _check_tracking_client(client, self._closers)
         self._client: t.Any = client
+        self._cluster_tracking: ClusterTracking | None = None
+        if self._tracking is not None and isinstance(client, redis.cluster.RedisCluster):
+            self._cluster_tracking = ClusterTracking(
+                client,
+                self._tracking,
+                on_message=self._tracked,
+                on_reset=self._reset,
+                count=self._count,
+                reconnect_backoff=(float(first), float(most)),
+                health_interval=health_interval,
+                close_timeout=close_timeout,
+            )
         self._channel = channel
         self._backoff = (float(first), float(most))
         self._health_interval = None if health_interval is None else float(health_interval)
@@ -410,7 +431,8 @@ class RedisBackplane(Backplane):
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        group = self._cluster_tracking
+        return self._connected.is_set() and (group is None or group.connected)
 
     @property
     def tracking(self) -> ServerTracking | None:
@@ -429,7 +451,15 @@ class RedisBackplane(Backplane):
             )
 
     def wait_connected(self, timeout: float | None = None) -> bool:
-        return self._connected.wait(timeout)
+        started = time.monotonic()
+        if not self._connected.wait(timeout):
+            return False
+        group = self._cluster_tracking
+        if group is None:
+            return True
+        return group.wait_connected(
+            None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        )
 
     # -- publishing -------------------------------------------------------------------
 
@@ -530,6 +560,8 @@ class RedisBackplane(Backplane):
         )
         self._thread = thread
         thread.start()
+        if self._cluster_tracking is not None:
+            self._cluster_tracking.start()  # one tracking subscriber per primary
 
     def _run(self, stop: threading.Event) -> None:
         """The subscriber thread: subscribe, listen, and on failure reset and reconnect."""
@@ -587,7 +619,7 @@ class RedisBackplane(Backplane):
     def _subscribe(self, pubsub: t.Any, stop: threading.Event) -> bool:
         """Subscribe and wait for the server's confirmation; False if stopped meanwhile."""
         channels = [self._channel]
-        if self._tracking is not None:
+        if self._tracking is not None and self._cluster_tracking is None:
             channels.append(TRACKING_CHANNEL)
         pubsub.subscribe(*channels)
         confirmed = 0
@@ -738,6 +770,9 @@ class RedisBackplane(Backplane):
             self._stop.set()
             thread = self._thread
             closers, self._closers = self._closers, []
+        started = time.monotonic()
+        if self._cluster_tracking is not None:
+            self._cluster_tracking.stop()  # joined below, after the subscriber thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self._close_timeout)
             if thread.is_alive():
@@ -746,6 +781,9 @@ class RedisBackplane(Backplane):
                     thread.name,
                     self._close_timeout,
                 )
+        if self._cluster_tracking is not None:
+            spent = time.monotonic() - started
+            self._cluster_tracking.close(max(0.0, self._close_timeout - spent))
         if first_close:
             _unregister(self)
         _close_all(closers)
@@ -774,6 +812,8 @@ class RedisBackplane(Backplane):
         - ``resets`` (``on_reset()`` calls), ``reconnects`` (subscriptions after the first);
         - ``tracked`` (tracking invalidations read, with ``tracking=True``; own writes
           included), ``tracked_flushes`` (flushes among them);
+        - ``tracking_nodes`` (Redis Cluster with ``tracking=True`` only):
+          ``{"host:port": connected}`` per primary;
         - ``connected``, ``subscribed``, ``closed``, ``last_message_at`` (epoch seconds of
           the last message read, or ``None``), ``origin``, ``channel``.
         """
@@ -792,6 +832,8 @@ class RedisBackplane(Backplane):
         figures["origin"] = self._origin
         figures["channel"] = self._channel
         figures["tracking"] = self._tracking is not None
+        if self._cluster_tracking is not None:
+            figures["tracking_nodes"] = self._cluster_tracking.nodes()
         return figures
 
     def __repr__(self) -> str:
@@ -851,11 +893,8 @@ def _check_tracking_client(client: t.Any, closers: list[t.Callable[[], None]]) -
     reason = None
     pool: t.Any = getattr(client, "connection_pool", None)
     if isinstance(client, redis.cluster.RedisCluster):
-        reason = (
-            "is not supported with Redis Cluster (each primary would need a subscriber of "
-            "its own); use the pub/sub backplane alone there"
-        )
-    elif not hasattr(pool, "connection_class") or not hasattr(pool, "connection_kwargs"):
+        return  # one tracking subscriber per primary: ClusterTracking
+    if not hasattr(pool, "connection_class") or not hasattr(pool, "connection_kwargs"):
         reason = "needs a redis.Redis client with a connection pool"
     if reason is not None:
         _close_all(closers)

@@ -9,7 +9,9 @@ every key under ``<prefix>`` that is written, deleted, expired or evicted to the
 gets them as pub/sub messages on the channel ``__redis__:invalidate``, so a
 :class:`~tieredcache.backplane.RedisBackplane` created with ``tracking=True`` enables
 tracking on its own subscriber connection (redirected to itself, before it subscribes, and
-again after every reconnection) and subscribes to that channel beside its own.
+again after every reconnection) and subscribes to that channel beside its own. With a Redis
+Cluster client it runs one such subscriber per primary instead
+(:mod:`tieredcache.cluster_tracking`).
 
 :class:`ServerTracking` holds the prefixes, enables tracking on a connection, and maps the
 Redis key names of a message back to the cache's keys by stripping the prefix (the L2
