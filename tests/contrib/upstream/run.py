@@ -4,7 +4,7 @@ Usage (from the repository root, in an environment with tieredcache[test] instal
 
     python tests/contrib/upstream/run.py flask-caching --l2 redis
     python tests/contrib/upstream/run.py cachelib --l2 memcached
-    python tests/contrib/upstream/run.py django-redis -- -k "sqlite]"
+    python tests/contrib/upstream/run.py django-redis --variant sqlite --variant sqlite_json
 
 The sdist of the installed version is downloaded with ``pip download --no-binary :all:``
 and unpacked in a temporary directory. Only the configuration is adapted, by the fragments
@@ -12,7 +12,10 @@ next to this file: a conftest addition choosing tieredcache's backend and locati
 for django-redis, each settings module's BACKEND and LOCATION), plus, for Flask-Caching and
 cachelib, a test module that runs their shared test classes on tieredcache's backend, as
 their own modules run them on each of their backends. Their assertions are untouched.
-Arguments after ``--`` go to pytest. The exit status is pytest's.
+django-redis's settings modules (``tests/settings/sqlite*.py``) are its variants: Django reads
+its settings once per process, so each variant runs in a pytest process of its own (upstream
+runs them in separate xdist workers); all of them by default. Arguments after ``--`` go to
+pytest. The exit status is pytest's (the worst of them, for several variants).
 """
 
 from __future__ import annotations
@@ -105,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         default="redis",
         help="the L2 of the backend under test (django-redis: always Redis)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="django-redis: a settings module to run (repeatable; default: all)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the unpacked sdist")
     argv = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
@@ -120,7 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         adapt(args.suite, root)
         env = {**os.environ, "TC_L2": args.l2}
         command = [sys.executable, "-m", "pytest", *pytest_args, *extra]
-        return subprocess.run(command, cwd=root, env=env).returncode
+        if args.suite != "django-redis":
+            return subprocess.run(command, cwd=root, env=env).returncode
+        variants = args.variant or sorted(
+            p.stem for p in (root / "tests/settings").glob("sqlite*.py")
+        )
+        worst = 0
+        for variant in variants:
+            print(f"== {variant}", flush=True)
+            run = subprocess.run([*command, "-k", f"{variant}]"], cwd=root, env=env)
+            worst = max(worst, run.returncode)
+        return worst
     finally:
         if args.keep:
             print(f"kept {workdir}")
