@@ -6,7 +6,10 @@ Usage (from the repository root, in an environment with tieredcache[test] instal
     python tests/contrib/upstream/run.py cachelib --l2 memcached
     python tests/contrib/upstream/run.py django-redis --variant sqlite --variant sqlite_json
 
-The sdist of the installed version is downloaded with ``pip download --no-binary :all:``
+The suite runs in a virtualenv made for it in a temporary directory, which sees this
+environment's packages (tieredcache among them) and adds the few test plugins the suite
+needs, so that those plugins never enter this environment. The sdist of the installed
+version is downloaded with ``pip download --no-binary :all:``
 and unpacked in a temporary directory. Only the configuration is adapted, by the fragments
 next to this file: a conftest addition choosing tieredcache's backend and location (and,
 for django-redis, each settings module's BACKEND and LOCATION), plus, for Flask-Caching and
@@ -27,10 +30,15 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
+import venv
 
 HERE = pathlib.Path(__file__).resolve().parent
+
+#: Versions of the projects that tieredcache[test] does not install.
+DEFAULT_VERSIONS = {"django-redis": "7.0.0"}
 
 #: name -> (distribution, extra packages the suite imports, pytest arguments)
 SUITES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -63,8 +71,15 @@ SUITES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def unpack(distribution: str, workdir: pathlib.Path) -> pathlib.Path:
-    version = importlib.metadata.version(distribution)
+def version_of(distribution: str) -> str:
+    """The installed version, or the default for a project tieredcache[test] lacks."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return DEFAULT_VERSIONS[distribution]
+
+
+def unpack(distribution: str, version: str, workdir: pathlib.Path) -> pathlib.Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
          "-d", str(workdir), f"{distribution}=={version}"],
@@ -75,6 +90,26 @@ def unpack(distribution: str, workdir: pathlib.Path) -> pathlib.Path:
         tar.extractall(workdir, filter="data")
     (root,) = (p for p in workdir.iterdir() if p.is_dir())
     return root
+
+
+def make_venv(workdir: pathlib.Path, extras: tuple[str, ...]) -> str:
+    """A virtualenv that sees this environment's packages, plus ``extras``; its python."""
+    home = workdir / "venv"
+    venv.create(home, with_pip=True)
+    python = str(home / "bin" / "python")
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # addsitedir also runs this environment's .pth files (an editable tieredcache's, too).
+    parent = sysconfig.get_paths()["purelib"]
+    pathlib.Path(purelib, "zz-parent-env.pth").write_text(
+        f"import site; site.addsitedir({parent!r})\n"
+    )
+    subprocess.run([python, "-m", "pip", "install", "-q", *extras], check=True)
+    return python
 
 
 def append(target: pathlib.Path, fragment: str) -> None:
@@ -122,13 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:at], argv[at + 1 :]
     args = parser.parse_args(argv)
     distribution, extras, pytest_args = SUITES[args.suite]
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extras], check=True)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"tc-{args.suite}-"))
     try:
-        root = unpack(distribution, workdir)
+        version = version_of(distribution)
+        python = make_venv(workdir, (*extras, f"{distribution}=={version}"))
+        root = unpack(distribution, version, workdir / "src")
         adapt(args.suite, root)
         env = {**os.environ, "TC_L2": args.l2}
-        command = [sys.executable, "-m", "pytest", *pytest_args, *extra]
+        command = [python, "-m", "pytest", *pytest_args, *extra]
         if args.suite != "django-redis":
             return subprocess.run(command, cwd=root, env=env).returncode
         variants = args.variant or sorted(
