@@ -287,7 +287,10 @@ class TieredCache(DjangoRedisAPI, BaseCache):
 
     @_omit_exception()
     def has_key(self, key: t.Any, version: int | None = None) -> bool:
-        return self._tiered.has(self.make_and_validate_key(key, version=version))
+        """Whether ``key`` holds a value; with Redis, also a lock, hash or set under it
+        (django-redis's ``has_key`` is ``EXISTS``), asked only when no entry is found."""
+        made = self.make_and_validate_key(key, version=version)
+        return self._tiered.has(made) or self._in_redis_only(made)
 
     @_omit_exception()
     def incr(

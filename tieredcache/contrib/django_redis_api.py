@@ -11,8 +11,10 @@ semantics, so that code written for django-redis runs unchanged:
   at the new expiry; the backplane tells the other processes.
 - keys: ``delete_pattern``, ``iter_keys``, ``keys`` (see :mod:`tieredcache.patterns`).
 - ``lock``: a redis-py ``Lock`` on the Redis L2.
-- hashes and sets (``hset``, ``sadd``, ...): Redis data structures, kept in the Redis L2
-  only; they are not cache entries, so L1 never holds them and ``get`` does not see them.
+- hashes, sets and sorted sets (``hset``, ``sadd``, ``zadd``, ...; the last in
+  :mod:`tieredcache.contrib.django_redis_sorted_sets`): Redis data structures, kept in the
+  Redis L2 only; they are not cache entries, so L1 never holds them and ``get`` does not
+  see them. ``has_key`` does, as with django-redis (so does it see a lock's key).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ import typing as t
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from tieredcache import patterns
+from tieredcache.contrib.django_redis_sorted_sets import SortedSetCommands
+from tieredcache.errors import BackendError
+from tieredcache.errors import BackendTimeoutError
+from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import UnsupportedOperationError
 from tieredcache.keyglob import compile_glob
 from tieredcache.keyglob import escape_glob
@@ -35,7 +41,7 @@ if t.TYPE_CHECKING:
 __all__ = ["DjangoRedisAPI", "RedisClientAccess"]
 
 
-class DjangoRedisAPI:
+class DjangoRedisAPI(SortedSetCommands):
     """django-redis's extra cache methods (a mixin of the Django backend)."""
 
     _tiered: CoreCache
@@ -158,6 +164,28 @@ class DjangoRedisAPI:
             return
         redis_l2.invalidate_pattern(self.key_func("*", escape_glob(self.key_prefix), "*"))
 
+    def _in_redis_only(self, made: str) -> bool:
+        """Whether the Redis L2 holds the made key ``made`` as something that is not a
+        readable entry (a lock, a hash, a set...): ``has_key``'s answer once the entry read
+        has missed, as django-redis's ``has_key`` is ``EXISTS``. False for other L2s.
+
+        :raises BackendError: Redis failed.
+        """
+        try:
+            layer = self._redis()
+        except UnsupportedOperationError:
+            return False
+        import redis
+
+        try:
+            return bool(layer.client.exists(layer.prefix.encode() + made.encode()))
+        except redis.exceptions.TimeoutError as exc:
+            raise BackendTimeoutError(f"EXISTS: {exc}", backend="redis") from exc
+        except redis.exceptions.ConnectionError as exc:
+            raise BackendUnavailableError(f"EXISTS: {exc}", backend="redis") from exc
+        except redis.exceptions.RedisError as exc:
+            raise BackendError(f"EXISTS: {exc}", backend="redis") from exc
+
     @property
     def client(self) -> RedisClientAccess:
         """django-redis's ``cache.client``, for its ``get_client()`` (the redis-py client of
@@ -173,7 +201,8 @@ class DjangoRedisAPI:
             layer = layer.l2
         if not isinstance(layer, RedisBackend):
             raise UnsupportedOperationError(
-                "locks, hashes and sets are Redis commands, and this cache's L2 is not Redis"
+                "locks, hashes, sets and sorted sets are Redis commands, and this cache's L2 "
+                "is not Redis"
             )
         return layer
 

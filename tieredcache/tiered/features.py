@@ -2,10 +2,10 @@
 Features of a composition
 =========================
 
-:class:`CacheFeatures` gives :class:`~tieredcache.TieredCache` its tag-aware writes
-(``tags=`` on ``set_many`` and ``add``; ``set`` takes them itself),
-:meth:`~CacheFeatures.invalidate_tags`, ordered :meth:`~CacheFeatures.invalidate_pattern`,
-and the ``memoize`` decorators. The logic lives in :mod:`.tags`, :mod:`tieredcache.patterns` and :mod:`tieredcache.memoize`.
+:class:`CacheFeatures` gives :class:`~tieredcache.TieredCache` its tag-aware ``add`` and
+``set_many`` (``set`` takes ``tags=`` itself), :meth:`~CacheFeatures.invalidate_tags`,
+ordered :meth:`~CacheFeatures.invalidate_pattern`, and the ``memoize`` decorators. The
+logic lives in :mod:`.tags`, :mod:`tieredcache.patterns` and :mod:`tieredcache.memoize`.
 """
 
 from __future__ import annotations
