@@ -341,6 +341,6 @@ def test_pattern_invalidation_is_ordered_against_a_refill() -> None:
     tokens = cache._ordering.begin_read(["session:1"])
     fetched = l2.get_entries(["session:1"])
     assert cache.invalidate_pattern("session:*") == 1
-    cache._refill(dict(zip(["session:1"], tokens)), fetched)
+    cache._reader.refill_l1(dict(zip(["session:1"], tokens)), fetched)
     cache._ordering.end_read(["session:1"], tokens)
     assert cache.get("session:1") is None

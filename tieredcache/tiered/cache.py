@@ -31,12 +31,7 @@ from tieredcache.entry import Entry
 from tieredcache.entry import Timer
 from tieredcache.entry import next_version
 from tieredcache.entry import validate_ttl
-from tieredcache.errors import BackendTimeoutError
-from tieredcache.errors import BackendUnavailableError
-from tieredcache.errors import BothLayersFailed
 from tieredcache.errors import ConfigurationError
-from tieredcache.errors import ValueTooLargeError
-from tieredcache.events import BACKPLANE_RESET
 from tieredcache.events import BREAKER_CLOSED
 from tieredcache.events import BREAKER_OPENED
 from tieredcache.events import Events
@@ -51,32 +46,28 @@ from tieredcache.policies.write import LoserPolicy
 from tieredcache.policies.write import RaceWrite
 from tieredcache.policies.write import SequentialWrite
 from tieredcache.policies.write import WritePolicy
-from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import Serializer
 from tieredcache.stats import TIERED_COUNTERS
 from tieredcache.stats import TIERED_INDEX
 from tieredcache.stats import Counters
+from tieredcache.tiered.checks import WriteChecks
+from tieredcache.tiered.checks import layer_serializers
+from tieredcache.tiered.coherence import Listener
 from tieredcache.tiered.coherence import OwnWrites
-from tieredcache.tiered.coherence import apply_message
 from tieredcache.tiered.features import CacheFeatures
 from tieredcache.tiered.l2gate import L2Gate
 from tieredcache.tiered.l2gate import PartialFailureHook
-from tieredcache.tiered.l2gate import delete_replay
-from tieredcache.tiered.l2gate import set_replay
-from tieredcache.tiered.l2gate import touch_replay
 from tieredcache.tiered.loading import LoadOptions
-from tieredcache.tiered.ordering import L1
 from tieredcache.tiered.ordering import Ordering
-from tieredcache.tiered.ordering import ReadToken
-from tieredcache.tiered.readflight import Flight
 from tieredcache.tiered.readflight import ReadFlights
+from tieredcache.tiered.reads import Reader
 from tieredcache.tiered.refresh import Refresher
 from tieredcache.tiered.tags import TagIndex
 from tieredcache.tiered.tags import check_tags
+from tieredcache.tiered.writes import Writer
 
 if t.TYPE_CHECKING:
     from tieredcache.backplane import Backplane
-    from tieredcache.backplane import Message
     from tieredcache.offload import Offload
 
 __all__ = ["TieredCache"]
@@ -205,19 +196,14 @@ class TieredCache(CacheFeatures, Backend):
         self._counters = Counters(TIERED_COUNTERS)
         # The read path counts with incrementers: one atomic call per lookup.
         self._count_l1_hit = self._counters.incrementer("hits", "l1_hits")
-        self._count_l2_hit = self._counters.incrementer("hits", "l2_hits")
-        self._count_miss = self._counters.incrementer("misses")
-        self._count_refill = self._counters.incrementer("refills")
-        self._count_refill_skipped = self._counters.incrementer("refills_skipped")
         self._ordering = Ordering()
         self._reads = ReadFlights(self._ordering)
         self._sequential_read = type(self.read) is SequentialRead
-        self._read_ctx = PolicyContext(None, None, l1.local, self._report_read, "get")
-        self._check_values, self._check_codecs = self._checks()
+        self._checks = WriteChecks(self)
         # With a NullBackend as L2 the composition is an L1-only cache: L1 decides add/incr.
         self._l2_stores_nothing = isinstance(l2, NullBackend)
         self.backplane = backplane
-        self._own = OwnWrites(on_forget=self._forget_own)
+        self._own = OwnWrites(on_forget=lambda key: self._listener.on_invalidate("delete", [key]))
         self._gate = L2Gate(
             l2,
             l1,
@@ -235,8 +221,39 @@ class TieredCache(CacheFeatures, Backend):
             raise ConfigurationError(f"tag_ttl must be a number of seconds >= 0, not {tag_ttl!r}")
         self.tag_index = TagIndex(self, tag_seconds)
         self._tag_valid = self.tag_index.valid
+        self._writer = Writer(
+            self,
+            l1=l1,
+            l2=l2,
+            gate=self._gate,
+            ordering=self._ordering,
+            counters=self._counters,
+            policy=self.write,
+            l2_stores_nothing=self._l2_stores_nothing,
+        )
+        self._reader = Reader(
+            self,
+            l1=l1,
+            gate=self._gate,
+            ordering=self._ordering,
+            flights=self._reads,
+            counters=self._counters,
+            tag_index=self.tag_index,
+            policy=self.read,
+            refills=refill is Refill.ALWAYS,
+            report=self._report_read,
+        )
         self._refresher = Refresher(self, self._gate, self._ordering, self._counters, self._flights)
         self.events = events = Events()
+        self._listener = Listener(
+            self,
+            l1=l1,
+            ordering=self._ordering,
+            counters=self._counters,
+            tag_index=self.tag_index,
+            own=self._own,
+            events=events,
+        )
         self._gate.events = events
         if breaker is not None:
             name = breaker.name
@@ -244,12 +261,13 @@ class TieredCache(CacheFeatures, Backend):
             breaker.on_close(lambda: events.emit(BREAKER_CLOSED, breaker=name))
         if backplane is not None:
             backplane.bind(l2)  # server-assisted invalidation tracks the L2's key prefix
+            listener = self._listener
             if "on_message" in inspect.signature(backplane.subscribe).parameters:
                 backplane.subscribe(
-                    self._on_invalidate, self._on_reset, on_message=self._on_message
+                    listener.on_invalidate, listener.on_reset, on_message=listener.on_message
                 )
             else:  # a backplane written against the older protocol: evictions only
-                backplane.subscribe(self._on_invalidate, self._on_reset)
+                backplane.subscribe(listener.on_invalidate, listener.on_reset)
 
     # -- configuration helpers --------------------------------------------------------
 
@@ -296,59 +314,17 @@ class TieredCache(CacheFeatures, Backend):
 
     def serializers(self) -> list[Serializer]:
         """Every serializer the layers use (nested compositions included)."""
-        found: list[Serializer] = []
-        for layer in (self.l1, self.l2):
-            if isinstance(layer, TieredCache):
-                found.extend(layer.serializers())
-            else:
-                serializer = getattr(layer, "serializer", None)
-                if serializer is not None:
-                    found.append(serializer)
-        return found
-
-    def _serializers_to_check(self) -> list[Serializer]:
-        # A value must be serializable by every layer before any layer is written. Under
-        # SequentialWrite the L1 write itself fails first if L1 cannot serialize the value,
-        # so only the serializers L1 does not already apply need a check beforehand.
-        l1_own: list[Serializer] = []
-        if isinstance(self.write, SequentialWrite):
-            l1_own = (
-                self.l1.serializers()
-                if isinstance(self.l1, TieredCache)
-                else [s for s in [getattr(self.l1, "serializer", None)] if s is not None]
-            )
-        unique: list[Serializer] = []
-        for serializer in self.serializers():
-            if all(serializer is not s for s in (*l1_own, *unique)):
-                unique.append(serializer)
-        return unique
-
-    def _checks(self) -> tuple[list[Serializer], list[EntryCodec]]:
-        # The L2's own envelope codec checks a value by encoding the entry it will write, and
-        # keeps the envelope on it (Entry.wire): the L2 write sends those bytes.
-        serializers = self._serializers_to_check()
-        codec = getattr(self.l2, "codec", None)
-        if isinstance(codec, EntryCodec) and any(s is codec.serializer for s in serializers):
-            rest = [s for s in serializers if s is not codec.serializer]
-            return rest, [codec]
-        return serializers, []
+        return [*layer_serializers(self.l1), *layer_serializers(self.l2)]
 
     def check_serializable(self, values: t.Iterable[t.Any]) -> None:
         """Raise :class:`~tieredcache.errors.SerializationError` unless every layer can
         serialize every value (before any layer is written)."""
-        values = list(values)
-        for serializer in (*self._check_values, *(c.serializer for c in self._check_codecs)):
-            for value in values:
-                serializer.dumps(value)
+        self._checks.serializable(values)
 
     def check_entries(self, entries: t.Iterable[Entry]) -> None:
         """:meth:`check_serializable` for the entries a write is about to store: L2's codec
         encodes each once, and the L2 write reuses the envelope."""
-        for entry in entries:
-            for codec in self._check_codecs:
-                codec.encode_once(entry)
-            for serializer in self._check_values:
-                serializer.dumps(entry.value)
+        self._checks.entries(entries)
 
     def cap(self, entry: Entry, now: float) -> Entry:
         """The entry as L1 keeps it: no longer than ``l1_ttl``."""
@@ -379,7 +355,7 @@ class TieredCache(CacheFeatures, Backend):
         if self.on_partial_failure is not None:
             self.on_partial_failure(tier, keys, exc)
 
-    def _write_context(self, keys: t.Sequence[str], operation: str) -> PolicyContext:
+    def write_context(self, keys: t.Sequence[str], operation: str) -> PolicyContext:
         def report(tier: str, exc: BaseException) -> None:
             self._counters.slot()[_IDX[f"{tier}_write_errors"]] += 1
             self._gate.log.warning(
@@ -411,12 +387,12 @@ class TieredCache(CacheFeatures, Backend):
             except Exception as exc:
                 check_key(key)
                 self._report_read("l1", tag_tier(exc, "l1"))
-                entry = self._read_one_from_l2(key, exc)
+                entry = self._reader.from_l2(key, exc)
             else:
                 if entry is not None and (not entry.tags or self._tag_valid(entry)):
                     self._count_l1_hit()
                     return entry.value
-                entry = self._read_one_from_l2(key, None)
+                entry = self._reader.from_l2(key, None)
         else:
             entry = self.get_entry(key)
         return default if entry is None else entry.value
@@ -428,11 +404,11 @@ class TieredCache(CacheFeatures, Backend):
             except Exception as exc:
                 check_key(key)
                 self._report_read("l1", tag_tier(exc, "l1"))
-                return self._read_one_from_l2(key, exc)
+                return self._reader.from_l2(key, exc)
             if entry is not None and (not entry.tags or self._tag_valid(entry)):
                 self._count_l1_hit()
                 return entry
-            return self._read_one_from_l2(key, None)
+            return self._reader.from_l2(key, None)
         check_key(key)
         return self._read_through([key]).get(key)
 
@@ -447,93 +423,6 @@ class TieredCache(CacheFeatures, Backend):
             return None
         return entry
 
-    def _read_one_from_l2(self, key: str, l1_error: BaseException | None) -> Entry | None:
-        """L1 missed (or failed on) ``key``: read it from L2 (or share a read in flight of
-        it, see :mod:`.readflight`) and refill L1."""
-        ordering = self._ordering
-        token = ordering.begin_read_one(key)
-        flight, leader = self._reads.join(key, token)
-        entry: Entry | None = None
-        try:
-            try:
-                if leader:
-                    try:
-                        entry = self._gate.read([key]).get(key)
-                    except BaseException as exc:
-                        leader = False
-                        self._reads.land(key, flight, None, exc)
-                        raise
-                    if entry is not None and entry.tags and not self.tag_index.valid(entry):
-                        entry = None
-                else:
-                    entry = self._shared_answer(key, flight)
-            except Exception as exc:
-                if l1_error is not None:
-                    raise BothLayersFailed(l1_error, tag_tier(exc, "l2"), operation="get") from None
-                raise tag_tier(exc, "l2") from None
-        except BaseException:
-            self._counters.slot()[_ERRORS] += 1
-            ordering.end_read_one(key, token)
-            raise
-        try:
-            if entry is None:
-                self._count_miss()
-            else:
-                self._count_l2_hit()
-                # An L1 that failed to read may hold a newer value it could not show.
-                if leader and self.refill is Refill.ALWAYS and l1_error is None:
-                    self._refill({key: token}, {key: entry})
-        finally:
-            if leader:
-                self._reads.land(key, flight, entry)
-            ordering.end_read_one(key, token)
-        return entry
-
-    def _shared_answer(self, key: str, flight: Flight) -> Entry | None:
-        """Another caller's L2 read of ``key``: its answer, waiting at most the L2 timeout."""
-        if flight.wait(self._gate.lock_timeout()):
-            return flight.answer()
-        exc = BackendTimeoutError(
-            f"the shared l2 read of {key!r} did not finish in time", backend="l2"
-        )
-        if not self._gate.fail_open:
-            raise exc
-        self._gate.absorb("read", "read", [key], exc)
-        return None
-
-    def _shared_l2_leg(
-        self, token_of: t.Mapping[str, ReadToken], shared_keys: set[str]
-    ) -> t.Callable[[list[str]], dict[str, Entry]]:
-        """The L2 leg of a batch read: lead the keys nobody reads yet, then share the rest
-        (added to ``shared_keys``: their leader refills them)."""
-
-        def read(wanted: list[str]) -> dict[str, Entry]:
-            reads = self._reads
-            led: dict[str, Flight] = {}
-            shared: dict[str, Flight] = {}
-            for key in wanted:
-                flight, leader = reads.join(key, token_of[key])
-                (led if leader else shared)[key] = flight
-            found: dict[str, Entry] = {}
-            if led:
-                try:
-                    found = self._read_l2(list(led))
-                except BaseException as exc:
-                    for key, flight in led.items():
-                        reads.land(key, flight, None, exc)
-                    raise
-                for key, flight in led.items():
-                    reads.land(key, flight, found.get(key))
-            # Only now wait for others: a batch never waits while it leads (no cycles).
-            shared_keys.update(shared)
-            for key, flight in shared.items():
-                entry = self._shared_answer(key, flight)
-                if entry is not None:
-                    found[key] = entry
-            return found
-
-        return read
-
     def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
         wanted = unique_keys(keys)
         if not wanted:
@@ -541,97 +430,17 @@ class TieredCache(CacheFeatures, Backend):
         return self._read_through(wanted)
 
     def _read_through(self, keys: list[str]) -> dict[str, Entry]:
-        """Read ``keys`` through the read policy, count, and refill L1 from L2's answers."""
-        tokens = self._ordering.begin_read(keys)
-        failures: list[BaseException] = []
-
-        def l1_leg(wanted: list[str]) -> dict[str, Entry]:
-            try:
-                return self.tag_index.keep_valid(self.l1.get_entries(wanted))
-            except Exception as exc:
-                failures.append(exc)
-                raise
-
-        try:
-            ctx = self._read_ctx
-            if not self.l1.local:
-                ctx = PolicyContext(self.executor, None, False, self._report_read, "get")
-            shared: set[str] = set()
-            l2_leg = self._shared_l2_leg(dict(zip(keys, tokens)), shared)
-            answer = self.read.execute(keys, l1_leg, l2_leg, ctx)
-        except BaseException:
-            self._counters.slot()[_ERRORS] += len(keys)
-            self._ordering.end_read(keys, tokens)
-            raise
-        try:
-            slot = self._counters.slot()
-            from_l2 = {k: e for k, (e, tier) in answer.items() if tier == "l2"}
-            slot[_HITS] += len(answer)
-            slot[_MISSES] += len(keys) - len(answer)
-            slot[_L2_HITS] += len(from_l2)
-            slot[_L1_HITS] += len(answer) - len(from_l2)
-            # An L1 that failed to read may hold a newer value it could not show: no refill.
-            if from_l2 and self.refill is Refill.ALWAYS and not failures:
-                led = {k: e for k, e in from_l2.items() if k not in shared}
-                if led:
-                    self._refill(dict(zip(keys, tokens)), led)
-        finally:
-            self._ordering.end_read(keys, tokens)
-        return {k: e for k, (e, _) in answer.items()}
+        return self._reader.through(keys)
 
     def _read_l2(self, keys: list[str]) -> dict[str, Entry]:
         """L2's entries of ``keys``, without the ones whose tags were invalidated."""
-        return self.tag_index.keep_valid(self._gate.read(keys))
-
-    def _refill(self, token_of: t.Mapping[str, ReadToken], from_l2: dict[str, Entry]) -> None:
-        """Copy L2's answers into L1, unless a write of the key began since the read did or
-        waits for replay (its answer then came from the replay queue, not from L2)."""
-        now = self._now()
-        chosen = sorted(from_l2)
-        locks = [token_of[k][0].locks[L1] for k in chosen]
-        for lock in locks:
-            lock.acquire()
-        try:
-            items = {}
-            for key in chosen:
-                if self._ordering.refill_allowed(token_of[key]) and not self._gate.pending(key):
-                    items[key] = self.cap(from_l2[key], now)
-            skipped = len(chosen) - len(items)
-            if items:
-                self.l1.set_entries(items)
-            if len(chosen) == 1:
-                (self._count_refill if items else self._count_refill_skipped)()
-            else:
-                slot = self._counters.slot()
-                slot[_REFILLS] += len(items)
-                slot[_REFILLS_SKIPPED] += skipped
-        except Exception as exc:
-            # A refill is an optimisation: its failure never changes what the read returns.
-            self._counters.slot()[_REFILL_ERRORS] += 1
-            if not isinstance(exc, ValueTooLargeError):
-                logger.warning("tiered: refilling l1 failed: %r", exc)
-        finally:
-            for lock in reversed(locks):
-                lock.release()
+        return self._reader.read_l2(keys)
 
     # -- writes -----------------------------------------------------------------------
 
     def write_l1(self, items: dict[str, Entry]) -> t.Callable[[list[str]], object]:
         """The L1 part of a set of ``items``."""
-
-        def op(live: list[str]) -> None:
-            chosen = {k: items[k] for k in live}
-            try:
-                self.l1.set_entries(chosen)
-            except ValueTooLargeError:
-                # A value too large for L1 lives in L2 only; L1 must not keep an older copy.
-                for key, entry in chosen.items():
-                    try:
-                        self.l1.set_entry(key, entry)
-                    except ValueTooLargeError:
-                        self.l1.delete(key)
-
-        return op
+        return self._writer.write_l1(items)
 
     def set(self, key: str, value: t.Any, ttl: t.Any = DEFAULT, *, tags: t.Any = ()) -> None:
         """Store ``value`` under ``key`` in both layers, through the write policy.
@@ -672,101 +481,18 @@ class TieredCache(CacheFeatures, Backend):
     def write_entries(self, live: dict[str, Entry], now: float, seq: int | None = None) -> None:
         """Write validated, unexpired ``live`` entries through the write policy (at ``seq``
         in the per-key ordering: a new version when not given)."""
-        keys = list(live)
-        gate = self._gate
-        if seq is None:
-            seq = next_version()
-        with gate.operation(), self._ordering.write(keys, seq) as slot:
-            leg1 = slot.leg(L1, self.write_l1({k: self.cap(e, now) for k, e in live.items()}))
-            leg2 = gate.leg(slot, gate.set_op(live, slot.seq), set_replay(live))
-            self.write.execute(leg1, leg2, self._write_context(keys, "set"))
-        self._counters.slot()[_SETS] += len(keys)
+        self._writer.write_entries(live, now, seq)
 
     def add_entry(self, key: str, entry: Entry) -> bool:
-        check_key(key)
-        now = self._now()
-        if entry.expires_at is not None and entry.expires_at <= now:
-            return False
-        self.check_entries((entry,))
-        keys = [key]
-        gate = self._gate
-        l1_entry = self.cap(entry, now)
-        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
-            if self._l2_stores_nothing:
-                return bool(slot.run(L1, lambda _: self.l1.add_entry(key, l1_entry)))
-
-            def add_l2(_: list[str]) -> bool:
-                added: bool = gate.call(self.l2.add_entry, key, entry)
-                if added:
-                    gate.landed("set", keys, slot.seq)
-                return added
-
-            # L2 is the shared authority: the add is decided there, then mirrored in L1.
-            try:
-                added = gate.run(slot, add_l2, None, supersede=False)
-            except BackendUnavailableError as exc:
-                if not gate.fail_open:
-                    raise
-                gate.absorb("write", "add", keys, exc)
-                # Without L2 the add can only be decided by this process's L1.
-                return bool(slot.run(L1, lambda _: self.l1.add_entry(key, l1_entry)))
-            if added:
-                slot.run(L1, self.write_l1({key: l1_entry}))
-                self._counters.slot()[_SETS] += 1
-            return bool(added)
+        return self._writer.add(key, entry)
 
     def fill_entry(self, key: str, entry: Entry) -> Entry:
         """Store a value loaded after a miss, set-if-absent at L2; the entry now held.
 
-        L2 decides: when the add wins, no other process can hold a copy of the key, so
-        nothing is announced; when it loses (another process filled or wrote the key
-        meanwhile), L2's entry is returned and copied into L1 instead. ``get_or_set``
-        stores what its loader returns this way.
+        See :meth:`.Writer.fill`: when the add wins nothing is announced; when it loses,
+        L2's entry is returned and copied into L1 instead.
         """
-        check_key(key)
-        now = self._now()
-        if entry.expires_at is not None and entry.expires_at <= now:
-            return entry
-        if self._l2_stores_nothing:
-            self.set_entries({key: entry})
-            return entry
-        self.check_serializable([entry.value])
-        keys = [key]
-        gate = self._gate
-        held: Entry | None = entry
-        added = fallback = False
-        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
-            try:
-                added = bool(
-                    gate.run(
-                        slot,
-                        lambda _: gate.call(self.l2.add_entry, key, entry),
-                        None,
-                        supersede=False,
-                    )
-                )
-                if not added:
-                    held = gate.read(keys).get(key)
-                    if held is not None and held.tags and not self.tag_index.valid(held):
-                        # L2 still holds an entry whose tag was invalidated: logically the
-                        # key is empty, so the loaded value replaces it.
-                        held = None
-                        fallback = True
-            except BackendUnavailableError as exc:
-                if not gate.fail_open:
-                    raise
-                gate.absorb("write", "add", keys, exc)
-                held = None
-                fallback = True  # written below as an ordinary write, replayed later
-            if held is not None:
-                slot.run(L1, self.write_l1({key: self.cap(held, now)}))
-                if held is entry:
-                    self._counters.slot()[_SETS] += 1
-                return held
-        if fallback:  # L2 unavailable (replayed later), or holding an invalidated entry
-            self.write_entries({key: entry}, now)
-        # Otherwise L2 lost the winner meanwhile (expired, deleted): nothing is stored.
-        return entry
+        return self._writer.fill(key, entry)
 
     def delete(self, key: str) -> bool:
         check_key(key)
@@ -787,91 +513,16 @@ class TieredCache(CacheFeatures, Backend):
         return self._delete_keys(wanted)
 
     def _delete_keys(self, keys: list[str]) -> list[str]:
-        """Delete from L2, then L1, so that a concurrent refill cannot bring a key back."""
-        errors: dict[str, BaseException] = {}
-        held: set[str] = set()
-        gate = self._gate
-        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
-            try:
-                result = gate.run(slot, gate.delete_op(slot.seq), delete_replay)
-                held.update(t.cast("list[str]", result or ()))
-            except Exception as exc:
-                errors["l2"] = tag_tier(exc, "l2")
-            try:
-                held.update(t.cast("list[str]", slot.run(L1, self.l1.delete_each) or ()))
-            except Exception as exc:
-                errors["l1"] = tag_tier(exc, "l1")
-        self._counters.slot()[_DELETES] += len(keys)
-        if len(errors) == 2:
-            raise BothLayersFailed(errors["l1"], errors["l2"], operation="delete")
-        for failure in errors.values():
-            raise failure
-        return [key for key in keys if key in held]
+        return self._writer.delete_keys(keys)
 
     def touch_entry(self, key: str, expires_at: float | None) -> bool:
-        check_key(key)
-        now = self._now()
-        if expires_at is not None and expires_at <= now:
-            return self.delete(key)
-        keys = [key]
-        l1_expiry = self.cap(Entry(None, expires_at), now).expires_at
-        gate = self._gate
-        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
-            touched2 = gate.run(
-                slot, gate.touch_op(key, expires_at, slot.seq), touch_replay(expires_at), mark=False
-            )
-            touched1 = slot.run(L1, lambda _: self.l1.touch_entry(key, l1_expiry), mark=False)
-        return bool(touched2) or bool(touched1)
+        return self._writer.touch(key, expires_at)
 
     def _incr(self, key: str, delta: int) -> int:
-        if self._l2_stores_nothing:
-            return self.l1.incr(key, delta)
-        keys = [key]
-        gate = self._gate
-        with gate.operation(), self._ordering.write(keys, next_version()) as slot:
-
-            def incr_l2(_: list[str]) -> int:
-                try:
-                    value: int = gate.call(self.l2.incr, key, delta)
-                except KeyError:
-                    # L1 may hold what L2 lost (eviction, Refill.NEVER): seed L2 from it.
-                    held = self.l1.get_entry(key)
-                    if held is None:
-                        raise
-                    gate.call(self.l2.add_entry, key, held)
-                    value = gate.call(self.l2.incr, key, delta)
-                gate.landed("set", keys, slot.seq)
-                return value
-
-            value = gate.run(slot, incr_l2, None, supersede=False)
-            # L1 drops its copy; the next read refills it with L2's exact entry.
-            slot.run(L1, self.l1.delete_many)
-            return t.cast(int, value)
+        return self._writer.incr(key, delta)
 
     def _clear(self) -> None:
-        seq = self._ordering.cleared = next_version()
-        errors: dict[str, BaseException] = {}
-        gate = self._gate
-        try:
-            gate.call(self.l2.clear)
-        except BackendUnavailableError as exc:
-            if gate.fail_open:
-                # A clear is not replayed: it would also remove what was written after it.
-                gate.absorb("write", "clear", [], exc)
-            else:
-                errors["l2"] = tag_tier(exc, "l2")
-        except Exception as exc:
-            errors["l2"] = tag_tier(exc, "l2")
-        else:
-            gate.landed("clear", [], seq)
-        try:
-            self.l1.clear()
-        except Exception as exc:
-            errors["l1"] = tag_tier(exc, "l1")
-        if len(errors) == 2:
-            raise BothLayersFailed(errors["l1"], errors["l2"], operation="clear")
-        for failure in errors.values():
-            raise failure
+        self._writer.clear()
 
     # -- loading ----------------------------------------------------------------------
 
@@ -939,53 +590,6 @@ class TieredCache(CacheFeatures, Backend):
                 errors.append(exc)
         if errors:
             raise errors[0]
-
-    # -- coherence across processes -----------------------------------------------------
-
-    def _on_invalidate(self, kind: str, keys: list[str]) -> None:
-        """Another process changed ``keys``: drop this process's L1 copies."""
-        self._counters.slot()[_INVALIDATIONS] += 1
-        self.tag_index.forget(keys)
-        if kind == "clear":
-            self._on_reset()
-            return
-        if not keys:
-            return
-        try:
-            with self._ordering.write(keys, next_version(), legs=1) as slot:
-                slot.run(L1, self.l1.delete_many)
-        except Exception:
-            logger.exception("tiered: evicting invalidated keys from l1 failed")
-
-    def _on_message(self, message: Message) -> None:
-        """A backplane message: ours confirms our write; another's updates or evicts."""
-        if message.own:
-            if message.kind == "set":
-                self._own.confirm(message.keys, message.version)
-            return
-        if message.kind == "clear" or not message.keys:
-            self._on_invalidate(message.kind, message.keys)
-            return
-        self._counters.slot()[_INVALIDATIONS] += 1
-        try:
-            apply_message(self, self._own, message)
-        except Exception:
-            logger.exception("tiered: applying a backplane message to l1 failed")
-            self._on_reset()
-
-    def _forget_own(self, key: str) -> None:
-        """An own write is no longer tracked: drop the L1 copy rather than risk it."""
-        self._on_invalidate("delete", [key])
-
-    def _on_reset(self) -> None:
-        """Invalidations may have been missed: nothing in L1 can be trusted any more."""
-        self.tag_index.reset()
-        self._ordering.l1_reset = next_version()
-        try:
-            self.l1.clear()
-        except Exception:
-            logger.exception("tiered: flushing l1 after a backplane reset failed")
-        self.events.emit(BACKPLANE_RESET)
 
     # -- introspection ----------------------------------------------------------------
 

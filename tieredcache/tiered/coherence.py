@@ -32,10 +32,15 @@ from tieredcache.errors import DeserializationError
 from tieredcache.tiered.ordering import L1
 
 if t.TYPE_CHECKING:
+    from tieredcache.backends.base import Backend
     from tieredcache.backplane import Message
+    from tieredcache.events import Events
+    from tieredcache.stats import Counters
     from tieredcache.tiered.cache import TieredCache
+    from tieredcache.tiered.ordering import Ordering
+    from tieredcache.tiered.tags import TagIndex
 
-__all__ = ["OwnWrites", "apply_message"]
+__all__ = ["Listener", "OwnWrites", "apply_message"]
 
 logger = logging.getLogger("tieredcache")
 
@@ -140,3 +145,74 @@ def apply_message(cache: TieredCache, own: OwnWrites, message: Message) -> int:
     with cache.ordering.write(keys, next_version(), legs=1) as slot:
         slot.run(L1, op)
     return updated
+
+
+class Listener:
+    """What one composition does with its backplane's callbacks. Thread-safe.
+
+    Evictions and updates run as L1-only writes in the per-key ordering, so a refill in
+    flight with an older value is skipped; a reset flushes L1 and starts a new L1 epoch.
+    """
+
+    def __init__(
+        self,
+        cache: TieredCache,
+        *,
+        l1: Backend,
+        ordering: Ordering,
+        counters: Counters,
+        tag_index: TagIndex,
+        own: OwnWrites,
+        events: Events,
+    ) -> None:
+        self.cache = cache
+        self.l1 = l1
+        self.ordering = ordering
+        self.counters = counters
+        self.tag_index = tag_index
+        self.own = own
+        self.events = events
+        self._invalidations = counters.index("invalidations_received")
+
+    def on_invalidate(self, kind: str, keys: list[str]) -> None:
+        """Another process changed ``keys``: drop this process's L1 copies."""
+        self.counters.slot()[self._invalidations] += 1
+        self.tag_index.forget(keys)
+        if kind == "clear":
+            self.on_reset()
+            return
+        if not keys:
+            return
+        try:
+            with self.ordering.write(keys, next_version(), legs=1) as slot:
+                slot.run(L1, self.l1.delete_many)
+        except Exception:
+            logger.exception("tiered: evicting invalidated keys from l1 failed")
+
+    def on_message(self, message: Message) -> None:
+        """A backplane message: ours confirms our write; another's updates or evicts."""
+        if message.own:
+            if message.kind == "set":
+                self.own.confirm(message.keys, message.version)
+            return
+        if message.kind == "clear" or not message.keys:
+            self.on_invalidate(message.kind, message.keys)
+            return
+        self.counters.slot()[self._invalidations] += 1
+        try:
+            apply_message(self.cache, self.own, message)
+        except Exception:
+            logger.exception("tiered: applying a backplane message to l1 failed")
+            self.on_reset()
+
+    def on_reset(self) -> None:
+        """Invalidations may have been missed: nothing in L1 can be trusted any more."""
+        from tieredcache.events import BACKPLANE_RESET
+
+        self.tag_index.reset()
+        self.ordering.l1_reset = next_version()
+        try:
+            self.l1.clear()
+        except Exception:
+            logger.exception("tiered: flushing l1 after a backplane reset failed")
+        self.events.emit(BACKPLANE_RESET)
