@@ -50,12 +50,20 @@ from tieredcache.policies.base import tag_tier
 from tieredcache.ratelog import RateLimitedLog
 from tieredcache.stats import TIERED_INDEX
 from tieredcache.stats import Counters
+from tieredcache.tiered.announce import Announcements
 from tieredcache.tiered.ordering import L1
 from tieredcache.tiered.ordering import L2
 from tieredcache.tiered.ordering import KeyBusyError
 from tieredcache.tiered.ordering import Leg
 from tieredcache.tiered.ordering import Ordering
 from tieredcache.tiered.ordering import WriteSlot
+from tieredcache.tiered.replay import ReplayFactory
+from tieredcache.tiered.replay import ReplayItem
+from tieredcache.tiered.replay import delete_replay
+from tieredcache.tiered.replay import replay_op
+from tieredcache.tiered.replay import set_replay
+from tieredcache.tiered.replay import touch_replay
+from tieredcache.tiered.worker import RetryWorker
 
 if t.TYPE_CHECKING:
     from tieredcache.backends.base import Backend
@@ -63,17 +71,7 @@ if t.TYPE_CHECKING:
     from tieredcache.events import Events
     from tieredcache.tiered.coherence import OwnWrites
 
-__all__ = [
-    "CallWrapper",
-    "L2Gate",
-    "PartialFailureHook",
-    "ReplayFactory",
-    "ReplayItem",
-    "call_timeout",
-    "delete_replay",
-    "set_replay",
-    "touch_replay",
-]
+__all__ = ["CallWrapper", "L2Gate", "PartialFailureHook", "call_timeout"]
 
 logger = logging.getLogger("tieredcache")
 
@@ -84,21 +82,8 @@ PartialFailureHook = t.Callable[[str, t.Sequence[str], BaseException], None]
 CallWrapper = t.Callable[[str, t.Callable[[], t.Any]], t.Any]
 """``wrapper(name, call)``: runs ``call()`` and returns its result."""
 
-#: The first and the longest pause of the worker between two attempts to reach L2.
-RETRY_BACKOFF = (0.05, 1.0)
-#: The most keys one announcement carries.
-ANNOUNCE_BATCH = 500
 #: Seconds close() and interpreter exit spend on a last replay and announcement.
 FLUSH_TIMEOUT = 2.0
-
-
-class ReplayItem(t.NamedTuple):
-    """An L2 write that failed under fail-open and waits to be replayed."""
-
-    op: str  # "set", "delete" or "touch"
-    seq: int  # the ordering sequence number of the failed write
-    entry: Entry | None  # for "set"
-    expires_at: float | None  # for "touch"
 
 
 def call_timeout(backend: Backend) -> float | None:
@@ -157,17 +142,14 @@ class L2Gate:
             and t.cast(t.Any, backplane).shares_server(getattr(l2, "client", None))
         )
         self.timeout = call_timeout(l2)
-        #: Run replays and announcements on the gate's own worker thread. Tests that drive
-        #: them step by step (:meth:`replay`, :meth:`send_announcements`) turn it off.
-        self.background = True
         self.log = RateLimitedLog(logger=logger)
         self.replayed = 0
         self.replay_dropped = 0
         self.replay_superseded = 0
-        self.announce_errors = 0
         #: Where ``replay_done`` is emitted (set by the composition).
         self.events: Events | None = None
         self._last_failure = 0.0  # monotonic time of the last availability failure
+        self._worker = RetryWorker("tieredcache-l2gate", self._has_work, self._attempt)
         self._init_process_state()
         if breaker is not None:
             breaker.on_close(self.wake)
@@ -179,15 +161,10 @@ class L2Gate:
         # Also the after-fork hook: the parent replays and announces what it queued, and
         # its worker thread does not exist here.
         self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
         self._local = threading.local()
         self._queue: collections.OrderedDict[str, ReplayItem] = collections.OrderedDict()
-        self._announce: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
-        self._announce_clear: int | None = None
-        self._worker: threading.Thread | None = None
-        self._closed = False
-        self._idle = threading.Event()
-        self._idle.set()
+        self._announce = Announcements()
+        self._worker.after_fork()
 
     # -- calls --------------------------------------------------------------------------
 
@@ -482,12 +459,8 @@ class L2Gate:
     def _supersede(self, keys: t.Sequence[str], seq: int, *, announced: bool = False) -> None:
         """Drop queued replays of ``keys`` older than ``seq`` (and queued announcements,
         when this write was announced with itself)."""
-        if announced and self._announce:
-            with self._lock:
-                for key in keys:
-                    pending = self._announce.get(key)
-                    if pending is not None and pending[1] <= seq:
-                        del self._announce[key]
+        if announced:
+            self._announce.drop(keys, seq)
         if self._queue:
             with self._lock:
                 for key in keys:
@@ -511,7 +484,7 @@ class L2Gate:
             while len(self._queue) > self.replay_limit:
                 dropped.append(self._queue.popitem(last=False)[0])
             self.replay_dropped += len(dropped)
-            self._start_worker_locked()
+            self._worker.ensure()
         if dropped:
             self.log.warning(
                 "replay-dropped",
@@ -544,7 +517,7 @@ class L2Gate:
                 try:
                     ran = slot.run(
                         L2,
-                        _replay_op(self, key, item),
+                        replay_op(self, key, item),
                         mark=item.op != "touch",
                         timeout=self.timeout,
                     )
@@ -585,130 +558,60 @@ class L2Gate:
         """Queue an announcement of ``keys`` (their L2 write has landed)."""
         if self.backplane is None:
             return
-        with self._lock:
-            if kind == "clear":
-                self._announce.clear()
-                self._announce_clear = seq
-            else:
-                for key in keys:
-                    self._announce[key] = (kind, seq)
-                    self._announce.move_to_end(key)
-            self._start_worker_locked()
+        self._announce.add(kind, keys, seq)
+        self._worker.ensure()
 
     def send_announcements(self) -> bool:
         """Send what is queued; False if the backplane failed (the rest stays queued)."""
-        backplane = self.backplane
-        if backplane is None:
-            return True
-        with self._lock:
-            clear, self._announce_clear = self._announce_clear, None
-            batch = list(self._announce.items())
-            self._announce.clear()
-        groups: dict[str, tuple[list[str], int]] = {}
-        for key, (kind, seq) in batch:
-            keys, newest = groups.get(kind, ([], 0))
-            keys.append(key)
-            groups[kind] = (keys, max(newest, seq))
-        messages: list[tuple[str, list[str], int]] = []
-        if clear is not None:
-            messages.append(("clear", [], clear))
-        for kind, (keys, seq) in groups.items():
-            for start in range(0, len(keys), ANNOUNCE_BATCH):
-                messages.append((kind, keys[start : start + ANNOUNCE_BATCH], seq))
-        for index, (kind, keys, seq) in enumerate(messages):
-            if backplane.publish(kind, keys, seq) is False:
-                self._requeue(messages[index:])
-                return False
-        return True
-
-    def _requeue(self, messages: list[tuple[str, list[str], int]]) -> None:
-        with self._lock:
-            self.announce_errors += 1
-            newer = self._announce
-            self._announce = collections.OrderedDict()
-            for kind, keys, seq in messages:
-                if kind == "clear":
-                    if self._announce_clear is None:
-                        self._announce_clear = seq
-                    continue
-                for key in keys:
-                    self._announce[key] = (kind, seq)
-            for key, value in newer.items():  # announcements queued meanwhile are newer
-                self._announce[key] = value
-                self._announce.move_to_end(key)
+        return self.backplane is None or self._announce.send(self.backplane)
 
     # -- the worker ---------------------------------------------------------------------
 
+    @property
+    def background(self) -> bool:
+        """Run replays and announcements on the gate's worker thread. Tests that drive them
+        step by step (:meth:`replay`, :meth:`send_announcements`) turn it off."""
+        return self._worker.background
+
+    @background.setter
+    def background(self, on: bool) -> None:
+        self._worker.background = on
+
     def wake(self) -> None:
         """Ask the worker to try L2 now (the tier answers again)."""
-        with self._lock:
-            if self._queue or self._announce or self._announce_clear is not None:
-                self._start_worker_locked()
-                self._wakeup.notify_all()
+        self._worker.wake()
 
-    def _start_worker_locked(self) -> None:
-        self._idle.clear()
-        if self._worker is not None or self._closed or not self.background:
-            if self._closed or not self.background:
-                self._idle.set()
-            return
-        worker = threading.Thread(target=self._work, name="tieredcache-l2gate", daemon=False)
-        self._worker = worker
-        worker.start()
+    def _has_work(self) -> bool:
+        return bool(self._queue) or bool(self._announce)
 
-    def _work(self) -> None:
-        first, most = RETRY_BACKOFF
-        delay = 0.0
-        while True:
-            with self._lock:
-                if delay:
-                    self._wakeup.wait(delay)
-                if self._closed or not (
-                    self._queue or self._announce or self._announce_clear is not None
-                ):
-                    self._worker = None
-                    self._idle.set()
-                    return
-            try:
-                sent = self.send_announcements()
-                replayed_all = True
-                if self._queue:
-                    self.replay()
-                    replayed_all = not self._queue
-            except Exception:  # never let the worker die with work queued
-                logger.exception("tiered: the l2 gate's worker failed")
-                sent = replayed_all = False
-            delay = 0.0 if sent and replayed_all else min(most, max(first, delay * 2))
+    def _attempt(self) -> bool:
+        sent = self.send_announcements()
+        if self._queue:
+            self.replay()
+        return sent and not self._queue
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued for replay or announcement; False on timeout."""
-        return self._idle.wait(timeout)
+        return self._worker.wait_idle(timeout)
 
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
         """One last bounded attempt to replay and announce what is queued (close, exit)."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            self._wakeup.notify_all()
         worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            # Let the running worker finish its attempt, then take over.
-            self._idle.wait(max(0.0, deadline - time.monotonic()))
+        if worker.thread is not None and worker.thread is not threading.current_thread():
+            worker.wake()  # let the running worker finish its attempt, then take over
+            worker.wait_idle(max(0.0, deadline - time.monotonic()))
         if self._queue and time.monotonic() < deadline:
             self.replay()
-        if (self._announce or self._announce_clear is not None) and time.monotonic() < deadline:
+        if self._announce and time.monotonic() < deadline:
             self.send_announcements()
-        return not (self._queue or self._announce or self._announce_clear is not None)
+        return not self._has_work()
 
     def close(self) -> None:
         """Flush (bounded), then stop the worker; what is still queued is logged as lost."""
         self.flush()
-        with self._lock:
-            self._closed = True
-            self._wakeup.notify_all()
-            worker = self._worker
-            lost = len(self._queue)
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(FLUSH_TIMEOUT)
+        self._worker.stop(FLUSH_TIMEOUT)
+        lost = len(self._queue)
         if lost:
             logger.warning(
                 "tiered: closing with %d failed l2 write(s) not replayed (l2 unreachable)", lost
@@ -723,7 +626,7 @@ class L2Gate:
         """Set the replay and announcement counters to zero."""
         with self._lock:
             self.replayed = self.replay_dropped = self.replay_superseded = 0
-            self.announce_errors = 0
+            self._announce.errors = 0
 
     def stats(self) -> dict[str, t.Any]:
         figures: dict[str, t.Any] = {
@@ -733,46 +636,8 @@ class L2Gate:
             "replay_dropped": self.replay_dropped,
             "replay_superseded": self.replay_superseded,
             "announce_pending": len(self._announce),
-            "announce_errors": self.announce_errors,
+            "announce_errors": self._announce.errors,
         }
         if self.breaker is not None:
             figures["breaker"] = self.breaker.stats()
         return figures
-
-
-ReplayFactory = t.Callable[[str, int], ReplayItem]
-"""Builds the replay item of a key whose L2 write at ``seq`` failed."""
-
-
-def delete_replay(key: str, seq: int) -> ReplayItem:
-    """The replay factory of a delete."""
-    return ReplayItem("delete", seq, None, None)
-
-
-def set_replay(items: t.Mapping[str, Entry]) -> ReplayFactory:
-    """The replay factory of a set of ``items``."""
-    return lambda key, seq: ReplayItem("set", seq, items[key], None)
-
-
-def touch_replay(expires_at: float | None) -> ReplayFactory:
-    """The replay factory of a touch to ``expires_at``."""
-    return lambda key, seq: ReplayItem("touch", seq, None, expires_at)
-
-
-def _replay_op(gate: L2Gate, key: str, item: ReplayItem) -> t.Callable[[list[str]], object]:
-    def op(_: list[str]) -> bool | None:
-        # Last writer wins across processes: a write another process made after this one
-        # (versions are comparable wall-clock times) is not overwritten by the late replay.
-        current = gate.call(gate.l2.get_entry, key)
-        if current is not None and current.version > item.seq:
-            return None
-        if item.op == "set":
-            assert item.entry is not None
-            gate.call(gate.l2.set_entry, key, item.entry)
-        elif item.op == "delete":
-            gate.call(gate.l2.delete, key)
-        else:
-            gate.call(gate.l2.touch_entry, key, item.expires_at)
-        return True
-
-    return op

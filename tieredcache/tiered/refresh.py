@@ -34,7 +34,6 @@ from tieredcache.executor import marked
 from tieredcache.locks import SingleFlight
 from tieredcache.offload import OffloadKey
 from tieredcache.stats import TIERED_INDEX
-from tieredcache.tiered.l2gate import set_replay
 from tieredcache.tiered.loading import NO_OPTIONS
 from tieredcache.tiered.loading import LoadOptions
 from tieredcache.tiered.loading import background_run
@@ -42,6 +41,7 @@ from tieredcache.tiered.loading import resolve
 from tieredcache.tiered.loading import wait_bounded
 from tieredcache.tiered.ordering import L1
 from tieredcache.tiered.ordering import WriteSlot
+from tieredcache.tiered.replay import set_replay
 
 if t.TYPE_CHECKING:
     from tieredcache.stats import Counters

@@ -25,10 +25,10 @@ from tieredcache.policies.base import tag_tier
 from tieredcache.policies.write import WritePolicy
 from tieredcache.stats import TIERED_INDEX
 from tieredcache.stats import Counters
-from tieredcache.tiered.l2gate import delete_replay
-from tieredcache.tiered.l2gate import set_replay
-from tieredcache.tiered.l2gate import touch_replay
 from tieredcache.tiered.ordering import L1
+from tieredcache.tiered.replay import delete_replay
+from tieredcache.tiered.replay import set_replay
+from tieredcache.tiered.replay import touch_replay
 
 if t.TYPE_CHECKING:
     from tieredcache.backends.base import Backend
