@@ -63,9 +63,9 @@ from tieredcache.redis.connect import DRIVER_ERRORS
 from tieredcache.redis.connect import close_all
 from tieredcache.redis.connect import connect_url
 from tieredcache.redis.connect import describe
-from tieredcache.redis.pubsub import PrivateConnectionPool
 from tieredcache.redis.pubsub import check_backoff
 from tieredcache.redis.pubsub import positive
+from tieredcache.redis.pubsub import private_pubsub
 from tieredcache.redis.pubsub import run_subscription
 
 __all__ = ["RedisBackplane"]
@@ -167,8 +167,15 @@ class RedisBackplane(Backplane):
         self._closers: list[t.Callable[[], None]] = []
         if client is None:
             client, self._closers = connect_url("redis://localhost:6379/0", {})
-        if self._tracking is not None:
-            _check_tracking_client(client, self._closers)
+        if (
+            self._tracking is not None
+            and not isinstance(client, redis.cluster.RedisCluster)  # ClusterTracking
+            and private_pubsub(client) is None
+        ):
+            close_all(self._closers)
+            raise ConfigurationError(
+                "tracking=True needs a redis.Redis client with a connection pool"
+            )
         self._client: t.Any = client
         self._cluster_tracking: ClusterTracking | None = None
         if self._tracking is not None and isinstance(client, redis.cluster.RedisCluster):
@@ -425,16 +432,8 @@ class RedisBackplane(Backplane):
             self._reset()  # messages are being missed from now on
 
     def _new_pubsub(self) -> t.Any:
-        client = self._client
-        pool = getattr(client, "connection_pool", None)
-        if (
-            isinstance(client, redis.cluster.RedisCluster)
-            or pool is None
-            or not hasattr(pool, "connection_class")
-            or not hasattr(pool, "connection_kwargs")
-        ):
-            return client.pubsub()
-        return redis.client.PubSub(PrivateConnectionPool(pool, self._tracking))
+        pubsub = private_pubsub(self._client, self._tracking)
+        return self._client.pubsub() if pubsub is None else pubsub
 
     def _confirm_timeout(self) -> float:
         kwargs = getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {})
@@ -611,19 +610,3 @@ class RedisBackplane(Backplane):
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("connected" if self.connected else "idle")
         return f"<RedisBackplane {self._target} channel={self._channel!r} {state}>"
-
-
-# -- the subscriber's connection ------------------------------------------------------------
-
-
-def _check_tracking_client(client: t.Any, closers: list[t.Callable[[], None]]) -> None:
-    """Refuse ``tracking=True`` with a client whose subscriber cannot enable it."""
-    reason = None
-    pool: t.Any = getattr(client, "connection_pool", None)
-    if isinstance(client, redis.cluster.RedisCluster):
-        return  # one tracking subscriber per primary: ClusterTracking
-    if not hasattr(pool, "connection_class") or not hasattr(pool, "connection_kwargs"):
-        reason = "needs a redis.Redis client with a connection pool"
-    if reason is not None:
-        close_all(closers)
-        raise ConfigurationError(f"tracking=True {reason}")

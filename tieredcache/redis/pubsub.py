@@ -17,6 +17,8 @@ import typing as t
 
 import redis
 import redis.backoff
+import redis.client
+import redis.cluster
 import redis.exceptions
 import redis.retry
 
@@ -32,6 +34,7 @@ __all__ = [
     "check_backoff",
     "dispose",
     "positive",
+    "private_pubsub",
     "run_subscription",
 ]
 
@@ -93,6 +96,21 @@ class PrivateConnectionPool:
 
     def __getattr__(self, name: str) -> t.Any:
         return getattr(self._pool, name)
+
+
+def private_pubsub(client: t.Any, tracking: ServerTracking | None = None) -> t.Any:
+    """A pub/sub object of ``client`` on a :class:`PrivateConnectionPool`; ``None`` when the
+    client has no pool to copy (a ``RedisCluster``, or a client without a connection pool),
+    which then subscribes with its own ``client.pubsub()``."""
+    pool = getattr(client, "connection_pool", None)
+    if (
+        isinstance(client, redis.cluster.RedisCluster)
+        or pool is None
+        or not hasattr(pool, "connection_class")
+        or not hasattr(pool, "connection_kwargs")
+    ):
+        return None
+    return redis.client.PubSub(PrivateConnectionPool(pool, tracking))
 
 
 def run_subscription(
