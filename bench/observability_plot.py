@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry
 from tieredcache import MemoryBackend
 from tieredcache import RedisBackend
 from tieredcache import TieredCache
-from tieredcache.backplane import RedisBackplane
 from tieredcache.contrib.prometheus import TieredCacheCollector
+from tieredcache.redis.backplane import RedisBackplane
 from tieredcache.testing.servers import RedisServer
 
 SECONDS = 6.0

@@ -243,7 +243,7 @@ def memcached_servers(memcached_server: AnyMemcached) -> list[tuple[str, int]]:
     """``[(host, port)]`` of the session's memcached, flushed before the test."""
     from pymemcache.client.base import Client
 
-    from tieredcache.backends.memcached import flush_server
+    from tieredcache.backends.memcached_servers import flush_server
 
     client = Client(memcached_server.address, connect_timeout=5, timeout=5)
     try:

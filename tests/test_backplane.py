@@ -34,8 +34,8 @@ from tieredcache import MemoryBackend
 from tieredcache import RedisBackend
 from tieredcache import TieredCache
 from tieredcache.backplane import Backplane
-from tieredcache.backplane import RedisBackplane
 from tieredcache.entry import next_version
+from tieredcache.redis.backplane import RedisBackplane
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.servers import RedisServer
 
@@ -370,7 +370,7 @@ def test_close_joins_promptly_when_never_connected(channel: str) -> None:
 EXITS_WITHOUT_CLOSE = textwrap.dedent(
     """
     import sys
-    from tieredcache.backplane import RedisBackplane
+    from tieredcache.redis.backplane import RedisBackplane
 
     url, dead_url = sys.argv[1], sys.argv[2]
     live = RedisBackplane.from_url(url)
@@ -442,7 +442,7 @@ CHILD = textwrap.dedent(
     """
     import json, sys, time
     from tieredcache import MemoryBackend, RedisBackend, TieredCache
-    from tieredcache.backplane import RedisBackplane
+    from tieredcache.redis.backplane import RedisBackplane
     from tieredcache.testing.clock import wait_until
 
     url, channel = sys.argv[1], sys.argv[2]
@@ -673,3 +673,16 @@ def test_a_forked_child_gets_a_new_origin_and_its_own_subscriber(
     assert report["origin"] != parent.origin
     # The parent's subscriber hears the child: a different origin, so not its own.
     assert seen.next() == ("set", ["from-child"])
+
+
+def test_the_old_import_paths_still_give_the_redis_backplane() -> None:
+    import tieredcache
+    from tieredcache import backplane
+    from tieredcache.backplane import RedisBackplane as old
+    from tieredcache.cluster_tracking import TrackingConnectionPool
+    from tieredcache.redis.pubsub import PrivateConnectionPool
+
+    assert old is RedisBackplane is backplane.RedisBackplane is tieredcache.RedisBackplane
+    assert TrackingConnectionPool is PrivateConnectionPool
+    with pytest.raises(AttributeError):
+        backplane.NoSuchName  # noqa: B018

@@ -25,8 +25,8 @@ import redis.cluster
 from tieredcache import MemoryBackend
 from tieredcache import RedisBackend
 from tieredcache import TieredCache
-from tieredcache.backplane import RedisBackplane
 from tieredcache.cluster_tracking import ClusterTracking
+from tieredcache.redis.backplane import RedisBackplane
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.cluster import RedisCluster
 from tieredcache.testing.servers import RedisServer

@@ -29,9 +29,9 @@ from tieredcache import RaceWrite
 from tieredcache import RedisBackend
 from tieredcache import SequentialWrite
 from tieredcache import TieredCache
-from tieredcache.backplane import RedisBackplane
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.policies.write import LoserPolicy
+from tieredcache.redis.backplane import RedisBackplane
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.faults import FaultyBackend
 

@@ -22,7 +22,6 @@ from tieredcache import CircuitBreaker
 from tieredcache import MemoryBackend
 from tieredcache import RedisBackend
 from tieredcache import TieredCache
-from tieredcache.backplane import RedisBackplane
 from tieredcache.contrib.figures import COUNTER
 from tieredcache.contrib.figures import figures
 from tieredcache.contrib.opentelemetry import instrument
@@ -34,6 +33,7 @@ from tieredcache.events import REPLAY_DONE
 from tieredcache.events import STALE_SERVED
 from tieredcache.events import Event
 from tieredcache.events import Events
+from tieredcache.redis.backplane import RedisBackplane
 from tieredcache.testing.clock import FakeClock
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.faults import FaultyBackend

@@ -28,7 +28,7 @@ from tieredcache import ConfigurationError
 from tieredcache import MemoryBackend
 from tieredcache import RedisBackend
 from tieredcache import TieredCache
-from tieredcache.backplane import RedisBackplane
+from tieredcache.redis.backplane import RedisBackplane
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.servers import RedisServer
 from tieredcache.tracking import ServerTracking
@@ -194,7 +194,7 @@ CHILD = textwrap.dedent(
     """
     import json, sys, time
     from tieredcache import MemoryBackend, RedisBackend, TieredCache
-    from tieredcache.backplane import RedisBackplane
+    from tieredcache.redis.backplane import RedisBackplane
     from tieredcache.testing.clock import wait_until
 
     url = sys.argv[1]

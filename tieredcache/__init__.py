@@ -68,7 +68,7 @@ _LAZY = {
     "CircuitBreaker": "tieredcache.breaker",
     "CircuitOpenError": "tieredcache.breaker",
     "Backplane": "tieredcache.backplane",
-    "RedisBackplane": "tieredcache.backplane",
+    "RedisBackplane": "tieredcache.redis.backplane",
     "RedisLock": "tieredcache.redis.lock",
     "Memoized": "tieredcache.memoize",
     "MemoizedMany": "tieredcache.memoize",

@@ -37,75 +37,33 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import threading
 import time
 import typing as t
 
-import redis.backoff
 import redis.client
-import redis.exceptions
-import redis.retry
 
 from tieredcache import lifecycle
 from tieredcache.ratelog import RateLimitedLog
+from tieredcache.redis.pubsub import PrivateConnectionPool
+from tieredcache.redis.pubsub import run_subscription
 from tieredcache.tracking import TRACKING_CHANNEL
 from tieredcache.tracking import ServerTracking
 
 __all__ = ["ClusterTracking", "TrackingConnectionPool"]
 
+TrackingConnectionPool = PrivateConnectionPool
+"""The private connections of the tracking subscribers (an alias of
+:class:`~tieredcache.redis.pubsub.PrivateConnectionPool`, kept for compatibility)."""
+
 logger = logging.getLogger("tieredcache.backplane")
 
 _LOG_INTERVAL = 10.0  # seconds between two warnings of the same kind
 _REFRESH_INTERVAL = 1.0  # the least seconds between two topology reloads from the cluster
-_REDIS_MAJOR = int(redis.__version__.split(".")[0])  # protocol= exists from redis-py 5
 _ids = itertools.count(1)
 
 MessageCallback = t.Callable[[t.Any], None]
 """``on_message(data)``: the payload of a tracking invalidation (key names, or ``None``)."""
-
-
-class TrackingConnectionPool:
-    """What a ``PubSub`` sees as its pool: private RESP2 connections with tracking enabled.
-
-    Each connection is built with the settings of ``pool`` (a node's connection pool) but
-    outside its accounting, speaks RESP2, has no driver retries (a broken connection is
-    reported, not silently re-established) and runs :meth:`ServerTracking.enable
-    <tieredcache.tracking.ServerTracking.enable>` on every connection, before the
-    subscriptions are renewed.
-    """
-
-    def __init__(self, pool: t.Any, tracking: ServerTracking) -> None:
-        self._pool = pool
-        self._tracking = tracking
-
-    def get_connection(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        """A new connected connection (``args`` are ignored, as by redis-py's own pools)."""
-        options = dict(self._pool.connection_kwargs)
-        options["retry"] = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
-        if _REDIS_MAJOR >= 5:
-            options["protocol"] = 2  # invalidations are pub/sub messages only in RESP2
-            for name in ("maint_notifications_config", "maint_notifications_pool_handler"):
-                options.pop(name, None)  # they need RESP3
-        connection = self._pool.connection_class(**options)
-        connection.register_connect_callback(self._tracking.enable)
-        try:
-            connection.connect()
-        except BaseException:
-            connection.disconnect()
-            raise
-        return connection
-
-    def release(self, connection: t.Any) -> None:
-        """Close ``connection``: it is never reused."""
-        connection.disconnect()
-
-    def get_encoder(self) -> t.Any:
-        """The node pool's encoder."""
-        return self._pool.get_encoder()
-
-    def __getattr__(self, name: str) -> t.Any:
-        return getattr(self._pool, name)
 
 
 class ClusterTracking:
@@ -372,40 +330,23 @@ class _NodeSubscriber:
     def run(self) -> None:
         """Subscribe, listen, and on failure reset, ask for a topology reload and retry."""
         group = self.group
-        failures = 0
-        while not self.stop.is_set():
-            pubsub = None
-            try:
-                pubsub = redis.client.PubSub(TrackingConnectionPool(self.pool, group._tracking))
-                if not self.subscribe(pubsub):
-                    break
-                failures = 0
-                self.activated()
-                self.listen(pubsub)
-            except Exception as exc:
-                if self.stop.is_set():
-                    break  # closed while connecting or reading: not a failure
-                failures += 1
-                self.lost(exc)
-            finally:
-                self.connected.clear()
-                group._state_changed()
-                if pubsub is not None:
-                    _dispose(pubsub)
-            if failures:
-                self.stop.wait(self.delay(failures))
+        run_subscription(
+            self.stop,
+            new_pubsub=self.new_pubsub,
+            channels=[TRACKING_CHANNEL],
+            on_active=self.activated,
+            on_message=self.received,
+            on_lost=self.lost,
+            on_ended=self.ended,
+            poll_interval=group.poll_interval,
+            health_interval=group._health_interval,
+            confirm_timeout=group._confirm_timeout,
+            backoff=group._backoff,
+            connection="tracking",
+        )
 
-    def subscribe(self, pubsub: t.Any) -> bool:
-        """Subscribe and wait for the confirmation; False if stopped meanwhile."""
-        pubsub.subscribe(TRACKING_CHANNEL)
-        deadline = time.monotonic() + self.group._confirm_timeout
-        while not self.stop.is_set():
-            message = pubsub.get_message(timeout=self.group.poll_interval)
-            if message is not None and message.get("type") == "subscribe":
-                return True
-            if time.monotonic() > deadline:
-                raise redis.exceptions.TimeoutError("no confirmation of SUBSCRIBE in time")
-        return False
+    def new_pubsub(self) -> t.Any:
+        return redis.client.PubSub(PrivateConnectionPool(self.pool, self.group._tracking))
 
     def activated(self) -> None:
         if self.ever_connected:
@@ -415,36 +356,17 @@ class _NodeSubscriber:
         self.connected.set()
         self.group._state_changed()
 
-    def listen(self, pubsub: t.Any) -> None:
-        interval = self.group._health_interval
-        poll = self.group.poll_interval
-        last_traffic = time.monotonic()
-        ping_sent_at: float | None = None
-        while not self.stop.is_set():
-            message = pubsub.get_message(timeout=poll)
-            now = time.monotonic()
-            if message is None:
-                if interval is None:
-                    continue
-                if ping_sent_at is not None:
-                    if now - ping_sent_at > interval:
-                        raise redis.exceptions.TimeoutError(
-                            f"no PONG within {interval:g}s on the tracking connection"
-                        )
-                elif now - last_traffic >= interval:
-                    pubsub.ping()
-                    ping_sent_at = now
-                continue
-            last_traffic = now
-            ping_sent_at = None
-            kind = message.get("type")
-            if kind == "message" and ServerTracking.is_invalidation(message.get("channel")):
-                self.group._on_message(message.get("data"))
-            elif kind == "subscribe":  # resubscribed by the driver: messages were missed
-                self.group._count("reconnects")
-                self.reset()
-            elif kind == "unsubscribe":
-                raise redis.exceptions.ConnectionError("unsubscribed by the server")
+    def received(self, message: dict[str, t.Any]) -> None:
+        kind = message.get("type")
+        if kind == "message" and ServerTracking.is_invalidation(message.get("channel")):
+            self.group._on_message(message.get("data"))
+        elif kind == "subscribe":  # resubscribed by the driver: messages were missed
+            self.group._count("reconnects")
+            self.reset()
+
+    def ended(self) -> None:
+        self.connected.clear()
+        self.group._state_changed()
 
     def lost(self, exc: Exception) -> None:
         was_connected = self.connected.is_set()
@@ -467,18 +389,6 @@ class _NodeSubscriber:
             self.group._on_reset()
         except Exception:
             logger.warning("backplane: on_reset() raised", exc_info=True)
-
-    def delay(self, failures: int) -> float:
-        first, most = self.group._backoff
-        delay = min(most, first * 2.0 ** min(failures - 1, 62))
-        return random.uniform(delay / 2.0, delay)
-
-
-def _dispose(pubsub: t.Any) -> None:
-    try:
-        pubsub.close()
-    except Exception:  # pragma: no cover - closing a broken connection
-        logger.debug("backplane: closing a tracking connection failed", exc_info=True)
 
 
 def _ignore(name: str) -> None:

@@ -230,7 +230,7 @@ def _make_backplane(location: Location, settings: CacheOptions) -> t.Any:
                 "Redis; give the backplane a Redis URL instead (backplane='redis://...')"
             )
         url = location.target
-    from tieredcache.backplane import RedisBackplane
+    from tieredcache.redis.backplane import RedisBackplane
 
     return RedisBackplane.from_url(url, channel=settings.backplane_channel)
 

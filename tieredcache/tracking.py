@@ -7,7 +7,7 @@ Redis (6.0 and later) can tell a client which keys changed, whoever changed them
 every key under ``<prefix>`` that is written, deleted, expired or evicted to the connection
 ``<id>``, and a null message when the database is flushed. In RESP2 the receiving connection
 gets them as pub/sub messages on the channel ``__redis__:invalidate``, so a
-:class:`~tieredcache.backplane.RedisBackplane` created with ``tracking=True`` enables
+:class:`~tieredcache.redis.backplane.RedisBackplane` created with ``tracking=True`` enables
 tracking on its own subscriber connection (redirected to itself, before it subscribes, and
 again after every reconnection) and subscribes to that channel beside its own. With a Redis
 Cluster client it runs one such subscriber per primary instead

@@ -58,17 +58,17 @@ except ImportError as exc:  # pragma: no cover - pymemcache is a dependency of t
         "MemcachedBackend needs the pymemcache package: pip install pymemcache"
     ) from exc
 
+from tieredcache.backends.memcached_servers import Server
+from tieredcache.backends.memcached_servers import ServersSpec
+from tieredcache.backends.memcached_servers import flush_server
+from tieredcache.backends.memcached_servers import format_server
+from tieredcache.backends.memcached_servers import parse_servers
+from tieredcache.backends.memcached_servers import pooled_clients
+from tieredcache.backends.memcached_servers import servers_of
+
 __all__ = ["MemcachedBackend"]
 
 T = t.TypeVar("T")
-
-Server = t.Union[str, tuple[str, int]]
-"""One server: ``"host:port"``, ``(host, port)`` or the path of a unix socket."""
-
-ServersSpec = t.Union[str, tuple[str, int], t.Sequence[t.Union[str, tuple[str, int]]]]
-"""One server or several; a string may list several, separated by ``,`` or ``;``."""
-
-DEFAULT_PORT = 11211
 
 #: Prefix of the server key of a key memcached would refuse.
 _HASHED = "tc:h:"
@@ -85,25 +85,6 @@ _ITEM_OVERHEAD = 64
 _POOL_EXHAUSTED = "Too many objects"
 #: The attribute that names, on a driver error, the server of a hashed client that raised it.
 _FAILED_SERVER = "_tieredcache_server"
-
-
-def flush_server(client: t.Any) -> int:
-    """Empty one memcached server; how many items outlived ``flush_all`` and were deleted.
-
-    ``flush_all`` invalidates what the server holds, but an item stored through another
-    connection, handled by another of the server's threads, at about the same moment can
-    outlive it (about one in sixty here). The server's own listing of what it still holds
-    (``lru_crawler metadump``) finds such items, and they are deleted one by one.
-    """
-    client.flush_all(noreply=False)
-    listing = client.raw_command(b"lru_crawler metadump all", b"END\r\n")
-    survivors = 0
-    for line in listing.split(b"\n"):
-        if line.startswith(b"key="):
-            key = urllib.parse.unquote_to_bytes(line.split(b" ", 1)[0][4:].decode("ascii"))
-            client.delete(key, noreply=False)
-            survivors += 1
-    return survivors
 
 
 class _StrictHashClient(HashClient):
@@ -212,7 +193,7 @@ class MemcachedBackend(Backend):
         if servers is None and client is None:
             raise ConfigurationError("MemcachedBackend needs servers or a client")
         self.servers: list[Server] = (
-            _parse_servers(servers) if servers is not None else _servers_of(client)
+            parse_servers(servers) if servers is not None else servers_of(client)
         )
         self.prefix = prefix
         self.connect_timeout = float(connect_timeout)
@@ -287,7 +268,7 @@ class MemcachedBackend(Backend):
             # The parent's sockets must not be shared: close this process's copies of them
             # (the parent's connections stay open), without the pool's lock, which another
             # thread of the parent may have held at the fork.
-            for pooled in _pooled_clients(inherited):
+            for pooled in pooled_clients(inherited):
                 pool = getattr(pooled, "client_pool", None)
                 conns = (*pool.free, *pool.used) if pool is not None else (pooled,)
                 for conn in conns:
@@ -550,8 +531,8 @@ class MemcachedBackend(Backend):
     def _where(self, exc: BaseException) -> str:
         server = getattr(exc, _FAILED_SERVER, None)
         if server is not None:
-            return _format_server(server)
-        return ", ".join(_format_server(s) for s in self.servers) or "memcached"
+            return format_server(server)
+        return ", ".join(format_server(s) for s in self.servers) or "memcached"
 
     @property
     def call_timeout(self) -> float | None:
@@ -560,93 +541,17 @@ class MemcachedBackend(Backend):
 
     def _stats_extra(self) -> dict[str, t.Any]:
         return {
-            "servers": [_format_server(s) for s in self.servers],
+            "servers": [format_server(s) for s in self.servers],
             "prefix": self.prefix,
             "max_value_size": self.max_value_size,
         }
 
     def __repr__(self) -> str:
-        servers = [_format_server(s) for s in self.servers]
+        servers = [format_server(s) for s in self.servers]
         return f"<MemcachedBackend servers={servers!r} prefix={self.prefix!r}>"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _parse_servers(spec: ServersSpec) -> list[Server]:
-    """The servers in ``spec`` as ``(host, port)`` tuples (or socket paths), without repeats.
-
-    :raises ConfigurationError: ``spec`` names no server or a malformed one.
-    """
-    items: list[t.Any]
-    if isinstance(spec, str):
-        items = re.split(r"[,;]", spec)
-    elif isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], int):
-        items = [spec]
-    elif isinstance(spec, (list, tuple)):
-        items = []
-        for item in spec:
-            items.extend(re.split(r"[,;]", item) if isinstance(item, str) else [item])
-    else:
-        raise ConfigurationError(f"cannot read memcached servers from {spec!r}")
-    servers: list[Server] = []
-    for item in items:
-        server = _parse_server(item)
-        if server is not None and server not in servers:
-            servers.append(server)
-    if not servers:
-        raise ConfigurationError(f"no memcached server in {spec!r}")
-    return servers
-
-
-def _parse_server(item: t.Any) -> Server | None:
-    if isinstance(item, tuple) and len(item) == 2:
-        host, port = item
-        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
-            raise ConfigurationError(f"a server must be (host: str, port: int), not {item!r}")
-        return (host, port)
-    if not isinstance(item, str):
-        raise ConfigurationError(f"a server must be 'host:port' or (host, port), not {item!r}")
-    text = item.strip()
-    if not text:
-        return None
-    if text.startswith("unix:"):
-        return text[len("unix:") :]
-    if text.startswith("/"):
-        return text
-    host, port = text, str(DEFAULT_PORT)
-    if text.startswith("["):  # [IPv6]:port
-        host, _, rest = text[1:].partition("]")
-        if rest.startswith(":"):
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"a server must be 'host:port', not {item!r}")
-    return (host, int(port))
-
-
-def _servers_of(client: t.Any) -> list[Server]:
-    """The servers a ready client talks to (for ``repr`` and messages)."""
-    found: list[Server] = []
-    for pooled in _pooled_clients(client):
-        server = getattr(pooled, "server", None)
-        if isinstance(server, (str, tuple)):
-            found.append(server)
-    return found
-
-
-def _pooled_clients(client: t.Any) -> list[t.Any]:
-    if isinstance(client, HashClient):
-        return list(client.clients.values())
-    return [client]
-
-
-def _format_server(server: Server) -> str:
-    if isinstance(server, tuple):
-        host, port = server
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"unix:{server}"
 
 
 def _is_int_above(value: t.Any, floor: int) -> bool:

@@ -24,13 +24,13 @@ import threading
 import typing as t
 import weakref
 
-import cachetools
-
 from tieredcache import lifecycle
 from tieredcache.backends.base import CORRUPT
 from tieredcache.backends.base import SETS
 from tieredcache.backends.base import Backend
 from tieredcache.backends.base import logger
+from tieredcache.backends.memory_order import POLICIES
+from tieredcache.backends.memory_order import new_order
 from tieredcache.backends.sizing import deep_sizeof
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
@@ -47,7 +47,6 @@ from tieredcache.serializers import Serializer
 
 __all__ = ["MemoryBackend"]
 
-_POLICIES = ("lru", "lfu", "fifo")
 _READ_BUFFER = 256
 _CORRUPT_VALUE = object()  # what _thaw_value returns for a payload that does not decode
 # An entry's own objects, beyond its key and value: the Entry and its version (an int that is
@@ -57,117 +56,6 @@ _ENTRY_BYTES = sys.getsizeof(Entry(None)) + deep_sizeof(next_version())
 _SIZE_INT_BYTES = deep_sizeof(2**20)
 _SHARED_INT_MAX = 256
 _FLOAT_BYTES = sys.getsizeof(0.5)
-# How many stores the LFU order reuses the size of its frequency links before walking them again.
-_LINKS_REFRESH = 32
-
-
-class _LinkedOrder:
-    """LRU or FIFO eviction order: one ``OrderedDict`` of key -> accounted size, oldest
-    first, bounded by a total size (1 per entry for a count bound). Not thread-safe: the
-    backend's lock guards it. Remembers what it evicts so the read map can follow."""
-
-    def __init__(self, maxsize: float, *, lru: bool) -> None:
-        self.maxsize = maxsize
-        self.currsize = 0
-        self.lru = lru
-        self.evicted: list[str] = []
-        self._od: collections.OrderedDict[str, int] = collections.OrderedDict()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._od
-
-    def __len__(self) -> int:
-        return len(self._od)
-
-    def keys(self) -> t.KeysView[str]:
-        return self._od.keys()
-
-    def structure_bytes(self) -> int:
-        """The bytes of the order itself: its table and its nodes."""
-        return sys.getsizeof(self._od)
-
-    def __setitem__(self, key: str, size: int) -> None:
-        od = self._od
-        old = od.pop(key, None)
-        if old is not None:
-            self.currsize -= old
-        if size > self.maxsize:
-            raise ValueError("value too large")
-        while self.currsize + size > self.maxsize:
-            self.popitem()
-        od[key] = size
-        self.currsize += size
-
-    def __delitem__(self, key: str) -> None:
-        self.currsize -= self._od.pop(key)
-
-    def popitem(self) -> tuple[str, int]:
-        key, size = self._od.popitem(last=False)
-        self.currsize -= size
-        self.evicted.append(key)
-        return key, size
-
-    def replay(self, reads: collections.deque[str]) -> None:
-        """Record the buffered reads, oldest first, emptying the buffer."""
-        if not self.lru:
-            reads.clear()
-            return
-        move, popleft = self._od.move_to_end, reads.popleft
-        for _ in range(len(reads)):
-            try:
-                move(popleft())
-            except KeyError:  # evicted or deleted since it was read
-                pass
-            except IndexError:  # emptied by another replay
-                break
-
-    def clear(self) -> None:
-        self._od.clear()
-        self.currsize = 0
-
-
-def _lfu_order(maxsize: float, getsizeof: t.Any = None) -> t.Any:
-    class _Order(cachetools.LFUCache):
-        """The LFU order; remembers what it evicts so the read map can follow."""
-
-        def __init__(self) -> None:
-            super().__init__(maxsize, getsizeof)
-            self.evicted: list[str] = []
-            self._maps = [m for m in vars(self).values() if type(m) is dict]
-            self._links_bytes = 0
-            self._links_age = _LINKS_REFRESH
-
-        def structure_bytes(self) -> int:
-            """The bytes of the order itself: its maps, and its frequency links (walked
-            again every few stores: there is one per distinct use count)."""
-            self._links_age += 1
-            if self._links_age >= _LINKS_REFRESH:
-                self._links_age = 0
-                root = vars(self).get("_LFUCache__root")
-                total = 0
-                link = root.next if root is not None else None
-                while link is not None and link is not root:
-                    total += sys.getsizeof(link) + sys.getsizeof(link.keys)
-                    link = link.next
-                self._links_bytes = total
-            return sum(map(sys.getsizeof, self._maps)) + self._links_bytes
-
-        def popitem(self) -> tuple[str, int]:
-            key, size = super().popitem()
-            self.evicted.append(key)
-            return key, size
-
-        def replay(self, reads: collections.deque[str]) -> None:
-            popleft = reads.popleft
-            for _ in range(len(reads)):
-                try:
-                    key = popleft()
-                except IndexError:
-                    break
-                if key in self:
-                    self[key]
-
-    return _Order()
 
 
 class MemoryBackend(Backend):
@@ -206,8 +94,8 @@ class MemoryBackend(Backend):
             raise ConfigurationError(f"maxsize must be a positive int, not {maxsize!r}")
         if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
             raise ConfigurationError(f"max_bytes must be a positive int or None, not {max_bytes!r}")
-        if policy not in _POLICIES:
-            raise ConfigurationError(f"policy must be one of {sorted(_POLICIES)}, not {policy!r}")
+        if policy not in POLICIES:
+            raise ConfigurationError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self.policy = policy
@@ -219,10 +107,7 @@ class MemoryBackend(Backend):
         # LFU's frequency lists keep the key object of the last read, which is another copy
         # of the key whenever the reader built its own string: count the key twice.
         self._key_bytes = 2 if policy == "lfu" else 1
-        if policy == "lfu":
-            self._order = _lfu_order(bound, None if max_bytes is None else _identity)
-        else:
-            self._order = _LinkedOrder(bound, lru=policy == "lru")
+        self._order = new_order(policy, bound, sized=max_bytes is not None)
         # FIFO order does not change on reads, so reads need not be recorded.
         self._reads: collections.deque[str] | None = (
             None if policy == "fifo" else collections.deque(maxlen=_READ_BUFFER)
@@ -605,10 +490,6 @@ def _entry_bytes(entry: Entry, value_bytes: int) -> int:
         size += _FLOAT_BYTES
     if entry.stale_at is not None:
         size += _FLOAT_BYTES
-    return size
-
-
-def _identity(size: int) -> int:
     return size
 
 

@@ -21,18 +21,17 @@ process id and opens its own. Expired rows are purged lazily, every few hundred 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import os
 import re
 import sqlite3
-import threading
-import time
 import typing as t
 import weakref
 
 from tieredcache.backends.base import Backend
+from tieredcache.backends.sqlite_connections import Connections
+from tieredcache.backends.sqlite_connections import is_busy
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
 from tieredcache.entry import next_version
@@ -58,12 +57,7 @@ T = t.TypeVar("T")
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CHUNK = 500  # keys per IN (...) list, well under SQLite's bound-parameter limit
-_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
 _TOOBIG = 18  # SQLITE_TOOBIG: a value over the file's length limit
-
-# Connections a forked child inherited from its parent. They are never used, closed or
-# collected in the child: closing one there could disturb the parent's locks and WAL file.
-_INHERITED: list[sqlite3.Connection] = []
 
 
 def default_path() -> str:
@@ -147,7 +141,7 @@ class SQLiteBackend(Backend):
         self._housekeeping = Counters(("purged", "culled"))
         # Not locked: a lost update only moves the next purge by a write or two.
         self._writes_since_purge = 0
-        self._conns = _Connections(self.path, self.timeout, self._sql.schema)
+        self._conns = Connections(self.path, self.timeout, self._sql.schema)
         self._finalizer = weakref.finalize(self, self._conns.close_all)
 
     # -- connections --------------------------------------------------------------------
@@ -158,14 +152,14 @@ class SQLiteBackend(Backend):
             conns = self._forget_parent_connections()
         return conns.get()
 
-    def _forget_parent_connections(self) -> _Connections:
+    def _forget_parent_connections(self) -> Connections:
         """In a forked child: set the parent's connections aside and start a fresh set."""
         old = self._conns
         if old.pid == os.getpid():  # another thread of this child got here first
             return old
         self._finalizer.detach()
         old.abandon()
-        conns = _Connections(self.path, self.timeout, self._sql.schema)
+        conns = Connections(self.path, self.timeout, self._sql.schema)
         self._conns = conns
         self._finalizer = weakref.finalize(self, conns.close_all)
         self._writes_since_purge = 0
@@ -402,7 +396,7 @@ class SQLiteBackend(Backend):
         code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
         text = str(exc).lower()
         if isinstance(exc, sqlite3.OperationalError):
-            if _is_busy(exc) or "locked" in text or "busy" in text:
+            if is_busy(exc) or "locked" in text or "busy" in text:
                 return BackendTimeoutError(message, backend=self.name)
             return BackendUnavailableError(message, backend=self.name)
         if code == _TOOBIG or (isinstance(exc, sqlite3.DataError) and "too big" in text):
@@ -467,130 +461,6 @@ class _Statements:
 
     def delete_many(self, count: int) -> str:
         return self._delete_many.format(", ".join("?" * count))
-
-
-class _Holder:
-    """A thread's connection, kept in its local storage; dropped when the thread ends."""
-
-    __slots__ = ("__weakref__", "conn", "generation")
-
-    def __init__(self, conn: sqlite3.Connection, generation: int) -> None:
-        self.conn = conn
-        self.generation = generation
-
-
-class _Connections:
-    """The connections one backend opened in one process, one per thread.
-
-    A thread's connection is closed when the thread ends, when :meth:`close_all` runs (the
-    next call in that thread opens a new one), when the backend is collected, and at exit.
-    Holds no reference to the backend, so that an unclosed backend can still be collected.
-    """
-
-    def __init__(self, path: str, timeout: float, schema: t.Sequence[str]) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.schema = schema
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.local = threading.local()
-        self.open: dict[int, sqlite3.Connection] = {}
-        self.generation = 0
-        self._ids = itertools.count()
-
-    def get(self) -> sqlite3.Connection:
-        holder: _Holder | None = getattr(self.local, "holder", None)
-        if holder is not None and holder.generation == self.generation:
-            return holder.conn
-        return self._open()
-
-    def _open(self) -> sqlite3.Connection:
-        conn = _connect(self.path, self.timeout, self.schema)
-        ident = next(self._ids)
-        with self.lock:
-            self.open[ident] = conn
-            holder = _Holder(conn, self.generation)
-        weakref.finalize(holder, self.release, ident)
-        self.local.holder = holder
-        return conn
-
-    def release(self, ident: int) -> None:
-        """Close one thread's connection (its thread ended or it was replaced)."""
-        if os.getpid() != self.pid:
-            return
-        with self.lock:
-            conn = self.open.pop(ident, None)
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error as exc:
-                logger.warning("sqlite: closing a connection to %s failed: %s", self.path, exc)
-
-    def close_all(self) -> None:
-        """Close every connection; threads open new ones on their next call."""
-        if os.getpid() != self.pid:
-            return
-        with self.lock:
-            conns = list(self.open.values())
-            self.open.clear()
-            self.generation += 1
-        failure: sqlite3.Error | None = None
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-
-    def abandon(self) -> None:
-        """In a forked child: keep the parent's connections alive but never touch them.
-
-        Takes no lock, which a thread that did not survive the fork may hold.
-        """
-        _INHERITED.extend(self.open.values())
-        self.open = {}
-
-
-def _connect(path: str, timeout: float, schema: t.Sequence[str]) -> sqlite3.Connection:
-    # isolation_level=None: autocommit; transactions are explicit BEGIN IMMEDIATE ... COMMIT.
-    # timeout= sets SQLite's busy timeout, the wait for another connection's lock.
-    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    try:
-        # Switching a new file to WAL fails at once with "database is locked" while another
-        # connection switches it (SQLite does not call the busy handler there), so the setup
-        # is retried, briefly and within the timeout. It is idempotent.
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                _prepare(conn, schema)
-                break
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _prepare(conn: sqlite3.Connection, schema: t.Sequence[str]) -> None:
-    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        conn.execute("PRAGMA journal_mode=WAL").fetchall()
-    conn.execute("PRAGMA synchronous=NORMAL")
-    for statement in schema:
-        conn.execute(statement)
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-    if isinstance(code, int):
-        return code & 0xFF in _BUSY_CODES
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
 
 
 def _chunks(keys: list[str]) -> t.Iterator[list[str]]:

@@ -18,7 +18,7 @@ run the second half, which is what is measured:
 - the L1 hit rate (reads answered by the process's own L1) and the hit rate (reads that
   found a value at all).
 
-The tiers have a :class:`~tieredcache.backplane.RedisBackplane`, so a write in one process
+The tiers have a :class:`~tieredcache.redis.backplane.RedisBackplane`, so a write in one process
 drops the key from the others' L1; the subjects are those of
 :data:`~tieredcache.bench.subjects.WORKER_SUBJECTS`. Workers are spawned processes, bounded
 in number by the configuration and in time by

@@ -139,7 +139,7 @@ class TieredSubject(Subject):
         self.l1 = MemoryBackend(l1_maxsize, max_bytes=l1_max_bytes)
         plane: t.Any = None
         if backplane:
-            from tieredcache.backplane import RedisBackplane
+            from tieredcache.redis.backplane import RedisBackplane
 
             plane = RedisBackplane.from_url(env.redis_url, channel=prefix + "invalidate")
         self.cache = cache = TieredCache(self.l1, store, write=policies[write](), backplane=plane)

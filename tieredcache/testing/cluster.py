@@ -25,12 +25,12 @@ import time
 import typing as t
 
 from tieredcache.testing.clock import wait_until
+from tieredcache.testing.managed import PortInUseError
+from tieredcache.testing.managed import resp_command
 from tieredcache.testing.servers import LOOPBACK
 from tieredcache.testing.servers import RedisServer
 from tieredcache.testing.servers import ServerNotInstalledError
 from tieredcache.testing.servers import ServerStartError
-from tieredcache.testing.servers import _PortInUseError
-from tieredcache.testing.servers import _resp_command
 from tieredcache.testing.servers import free_port
 
 __all__ = ["SLOTS", "RedisCluster", "key_slot"]
@@ -247,7 +247,7 @@ class RedisCluster:
             node = RedisServer(port, extra_args=args, binary=self.binary)
             try:
                 node.start()
-            except _PortInUseError:
+            except PortInUseError:
                 # Either port was taken since free_port(): pick two new ones.
                 if attempt + 1 == _PORT_ATTEMPTS:
                     raise
@@ -330,7 +330,7 @@ def _query(node: RedisServer, *args: str, timeout: float = 1.0) -> bytes:
     :raises OSError: the server could not be reached or did not answer in time.
     """
     with socket.create_connection((node.host, node.port), timeout=timeout) as sock:
-        sock.sendall(_resp_command(*args))
+        sock.sendall(resp_command(*args))
         buf = b""
         while b"\r\n" not in buf:
             buf += _recv(sock)
