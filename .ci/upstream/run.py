@@ -2,9 +2,9 @@
 
 Usage (from the repository root, in an environment with tieredcache[test] installed)::
 
-    python tests/contrib/upstream/run.py flask-caching --l2 redis
-    python tests/contrib/upstream/run.py cachelib --l2 memcached
-    python tests/contrib/upstream/run.py django-redis --variant sqlite --variant sqlite_json
+    python .ci/upstream/run.py flask-caching --l2 redis
+    python .ci/upstream/run.py cachelib --l2 memcached
+    python .ci/upstream/run.py django-redis --variant sqlite --variant sqlite_json
 
 The suite runs in a virtualenv made for it in a temporary directory, which sees this
 environment's packages (tieredcache among them) and adds the few test plugins the suite
