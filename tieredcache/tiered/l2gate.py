@@ -31,7 +31,6 @@ forked child, which drops the parent's queues (the parent replays and announces 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import threading
@@ -59,6 +58,7 @@ from tieredcache.tiered.ordering import Ordering
 from tieredcache.tiered.ordering import WriteSlot
 from tieredcache.tiered.replay import ReplayFactory
 from tieredcache.tiered.replay import ReplayItem
+from tieredcache.tiered.replay import ReplayQueue
 from tieredcache.tiered.replay import delete_replay
 from tieredcache.tiered.replay import replay_op
 from tieredcache.tiered.replay import set_replay
@@ -143,9 +143,7 @@ class L2Gate:
         )
         self.timeout = call_timeout(l2)
         self.log = RateLimitedLog(logger=logger)
-        self.replayed = 0
-        self.replay_dropped = 0
-        self.replay_superseded = 0
+        self._queue = ReplayQueue(replay_limit)
         #: Where ``replay_done`` is emitted (set by the composition).
         self.events: Events | None = None
         self._last_failure = 0.0  # monotonic time of the last availability failure
@@ -160,9 +158,8 @@ class L2Gate:
     def _init_process_state(self) -> None:
         # Also the after-fork hook: the parent replays and announces what it queued, and
         # its worker thread does not exist here.
-        self._lock = threading.Lock()
         self._local = threading.local()
-        self._queue: collections.OrderedDict[str, ReplayItem] = collections.OrderedDict()
+        self._queue.after_fork()
         self._announce = Announcements()
         self._worker.after_fork()
 
@@ -462,29 +459,15 @@ class L2Gate:
         if announced:
             self._announce.drop(keys, seq)
         if self._queue:
-            with self._lock:
-                for key in keys:
-                    item = self._queue.get(key)
-                    if item is not None and item.seq <= seq:
-                        del self._queue[key]
-                        self.replay_superseded += 1
+            self._queue.supersede(keys, seq)
             self.wake()
 
     # -- the replay queue ---------------------------------------------------------------
 
     def enqueue(self, key: str, item: ReplayItem) -> None:
         """Remember a failed write of ``key``; a newer one replaces an older one."""
-        dropped: list[str] = []
-        with self._lock:
-            current = self._queue.get(key)
-            if current is not None and current.seq > item.seq:
-                return
-            self._queue[key] = item
-            self._queue.move_to_end(key)
-            while len(self._queue) > self.replay_limit:
-                dropped.append(self._queue.popitem(last=False)[0])
-            self.replay_dropped += len(dropped)
-            self._worker.ensure()
+        dropped = self._queue.add(key, item)
+        self._worker.ensure()
         if dropped:
             self.log.warning(
                 "replay-dropped",
@@ -505,15 +488,10 @@ class L2Gate:
 
     def _replay(self) -> int:
         landed = 0
-        with self._lock:
-            items = list(self._queue.items())
-        for key, item in items:
+        for key, item in self._queue.snapshot():
             with self.ordering.write([key], item.seq) as slot:
-                with self._lock:
-                    current = self._queue.get(key)
-                    if current is None or current.seq != item.seq:
-                        continue  # superseded meanwhile by a newer write of the key
-                    del self._queue[key]
+                if not self._queue.take(key, item):
+                    continue  # superseded meanwhile by a newer write of the key
                 try:
                     ran = slot.run(
                         L2,
@@ -538,8 +516,7 @@ class L2Gate:
                     # A newer write of the key reached L2, or is queued, meanwhile. L1 may
                     # still hold this one (written while L2 was down): drop it unless a
                     # newer write of this process is there.
-                    with self._lock:
-                        self.replay_superseded += 1
+                    self._queue.count(superseded=1)
                     if item.op != "touch":
                         slot.run(L1, self.l1.delete_many)
                     continue
@@ -547,8 +524,7 @@ class L2Gate:
                     # L1 may have been refilled from L2's old value before the delete landed.
                     slot.run(L1, self.l1.delete_many)
                 landed += 1
-                with self._lock:
-                    self.replayed += 1
+                self._queue.count(replayed=1)
                 self.announce(item.op, [key], item.seq)
         return landed
 
@@ -624,17 +600,13 @@ class L2Gate:
 
     def reset_stats(self) -> None:
         """Set the replay and announcement counters to zero."""
-        with self._lock:
-            self.replayed = self.replay_dropped = self.replay_superseded = 0
-            self._announce.errors = 0
+        self._queue.reset_stats()
+        self._announce.errors = 0
 
     def stats(self) -> dict[str, t.Any]:
         figures: dict[str, t.Any] = {
             "fail_open": self.fail_open,
-            "replay_pending": len(self._queue),
-            "replayed": self.replayed,
-            "replay_dropped": self.replay_dropped,
-            "replay_superseded": self.replay_superseded,
+            **self._queue.stats(),
             "announce_pending": len(self._announce),
             "announce_errors": self._announce.errors,
         }

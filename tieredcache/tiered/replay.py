@@ -9,6 +9,8 @@ the item of each kind of write; :func:`replay_op` is the L2 part of replaying on
 
 from __future__ import annotations
 
+import collections
+import threading
 import typing as t
 
 from tieredcache.entry import Entry
@@ -19,6 +21,7 @@ if t.TYPE_CHECKING:
 __all__ = [
     "ReplayFactory",
     "ReplayItem",
+    "ReplayQueue",
     "delete_replay",
     "replay_op",
     "set_replay",
@@ -74,3 +77,89 @@ def replay_op(gate: L2Gate, key: str, item: ReplayItem) -> t.Callable[[list[str]
         return True
 
     return op
+
+
+class ReplayQueue:
+    """The writes waiting for replay, one per key, newest winning, oldest first. Thread-safe.
+
+    :param limit: the most keys waiting; past it the oldest are dropped (and counted).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.replayed = 0
+        self.dropped = 0
+        self.superseded = 0
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """Empty, with a new lock: a forked child leaves the parent's writes to the parent."""
+        self._lock = threading.Lock()
+        self._items: collections.OrderedDict[str, ReplayItem] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def get(self, key: str) -> ReplayItem | None:
+        """The write of ``key`` waiting for replay, if any."""
+        return self._items.get(key)
+
+    def add(self, key: str, item: ReplayItem) -> list[str]:
+        """Queue ``item`` unless a newer write of ``key`` waits; the keys dropped for room."""
+        dropped: list[str] = []
+        with self._lock:
+            current = self._items.get(key)
+            if current is not None and current.seq > item.seq:
+                return dropped
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.limit:
+                dropped.append(self._items.popitem(last=False)[0])
+            self.dropped += len(dropped)
+        return dropped
+
+    def supersede(self, keys: t.Iterable[str], seq: int) -> None:
+        """Writes of ``keys`` at ``seq`` reached L2: drop the older ones waiting."""
+        with self._lock:
+            for key in keys:
+                item = self._items.get(key)
+                if item is not None and item.seq <= seq:
+                    del self._items[key]
+                    self.superseded += 1
+
+    def snapshot(self) -> list[tuple[str, ReplayItem]]:
+        """The waiting writes, oldest first."""
+        with self._lock:
+            return list(self._items.items())
+
+    def take(self, key: str, item: ReplayItem) -> bool:
+        """Remove ``item`` if it is still the write of ``key`` waiting (not superseded)."""
+        with self._lock:
+            current = self._items.get(key)
+            if current is None or current.seq != item.seq:
+                return False
+            del self._items[key]
+            return True
+
+    def count(self, *, replayed: int = 0, superseded: int = 0) -> None:
+        with self._lock:
+            self.replayed += replayed
+            self.superseded += superseded
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.replayed = self.dropped = self.superseded = 0
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "replay_pending": len(self._items),
+            "replayed": self.replayed,
+            "replay_dropped": self.dropped,
+            "replay_superseded": self.superseded,
+        }
