@@ -37,20 +37,17 @@ from tieredcache.events import BREAKER_OPENED
 from tieredcache.events import Events
 from tieredcache.executor import default_executor
 from tieredcache.keys import check_keys
-from tieredcache.policies.base import PolicyContext
 from tieredcache.policies.base import tag_tier
 from tieredcache.policies.read import ReadPolicy
 from tieredcache.policies.read import SequentialRead
 from tieredcache.policies.refill import Refill
-from tieredcache.policies.write import LoserPolicy
-from tieredcache.policies.write import RaceWrite
-from tieredcache.policies.write import SequentialWrite
 from tieredcache.policies.write import WritePolicy
 from tieredcache.serializers import Serializer
 from tieredcache.stats import TIERED_COUNTERS
 from tieredcache.stats import TIERED_INDEX
 from tieredcache.stats import Counters
 from tieredcache.tiered.checks import WriteChecks
+from tieredcache.tiered.checks import check_policies
 from tieredcache.tiered.checks import layer_serializers
 from tieredcache.tiered.coherence import Listener
 from tieredcache.tiered.coherence import OwnWrites
@@ -157,31 +154,11 @@ class TieredCache(CacheFeatures, Backend):
         super().__init__(default_ttl=default_ttl, timer=timer if timer is not None else l1.timer)
         self.l1 = l1
         self.l2 = l2
-        self.read = read if read is not None else SequentialRead()
-        self.write = write if write is not None else SequentialWrite()
-        if not isinstance(self.read, ReadPolicy):
-            raise ConfigurationError(f"read must be a ReadPolicy, not {self.read!r}")
-        if not isinstance(self.write, WritePolicy):
-            raise ConfigurationError(f"write must be a WritePolicy, not {self.write!r}")
-        if not isinstance(refill, Refill):
-            raise ConfigurationError(
-                f"refill must be Refill.ALWAYS or Refill.NEVER, not {refill!r}"
-            )
+        self.read, self.write = check_policies(read, write, refill, offload)
         self.refill = refill
         self.l1_ttl = validate_ttl(l1_ttl, name="l1_ttl")
         if self.l1_ttl is not None and self.l1_ttl <= 0:
             raise ConfigurationError("l1_ttl must be positive or None")
-        if (
-            isinstance(self.write, RaceWrite)
-            and self.write.loser is LoserPolicy.OFFLOAD
-            and offload is not None
-            and not offload.runs_tasks
-        ):
-            raise ConfigurationError(
-                "RaceWrite(loser=LoserPolicy.OFFLOAD) needs an offload that runs tasks; "
-                f"{type(offload).__name__} drops them. Use ThreadPoolOffload or "
-                "InlineOffload, or RaceWrite(loser=LoserPolicy.DROP) to drop losers."
-            )
         if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
             raise ConfigurationError(f"jitter must be a fraction in [0, 1), not {jitter!r}")
         self.jitter = float(jitter)
@@ -354,28 +331,6 @@ class TieredCache(CacheFeatures, Backend):
     def _report_l2_partial(self, tier: str, keys: t.Sequence[str], exc: BaseException) -> None:
         if self.on_partial_failure is not None:
             self.on_partial_failure(tier, keys, exc)
-
-    def write_context(self, keys: t.Sequence[str], operation: str) -> PolicyContext:
-        def report(tier: str, exc: BaseException) -> None:
-            self._counters.slot()[_IDX[f"{tier}_write_errors"]] += 1
-            self._gate.log.warning(
-                f"{tier}-{operation}",
-                "tiered: %s %s of %d key(s) failed: %r",
-                tier,
-                operation,
-                len(keys),
-                exc,
-            )
-            if self.on_partial_failure is not None:
-                try:
-                    self.on_partial_failure(tier, list(keys), exc)
-                except Exception:
-                    logger.exception("tiered: on_partial_failure hook raised")
-
-        if isinstance(self.write, SequentialWrite):
-            return PolicyContext(None, None, self.l1.local, report, operation)
-        offload = self.offload if isinstance(self.write, RaceWrite) else self._offload
-        return PolicyContext(self.executor, offload, self.l1.local, report, operation)
 
     # -- reads ------------------------------------------------------------------------
 

@@ -16,15 +16,57 @@ from __future__ import annotations
 import typing as t
 
 from tieredcache.entry import Entry
+from tieredcache.errors import ConfigurationError
+from tieredcache.policies.read import ReadPolicy
+from tieredcache.policies.read import SequentialRead
+from tieredcache.policies.refill import Refill
+from tieredcache.policies.write import LoserPolicy
+from tieredcache.policies.write import RaceWrite
 from tieredcache.policies.write import SequentialWrite
+from tieredcache.policies.write import WritePolicy
 from tieredcache.serializers import EntryCodec
 from tieredcache.serializers import Serializer
 
 if t.TYPE_CHECKING:
     from tieredcache.backends.base import Backend
+    from tieredcache.offload import Offload
     from tieredcache.tiered.cache import TieredCache
 
-__all__ = ["WriteChecks", "layer_serializers"]
+
+def check_policies(
+    read: ReadPolicy | None,
+    write: WritePolicy | None,
+    refill: t.Any,
+    offload: Offload | None,
+) -> tuple[ReadPolicy, WritePolicy]:
+    """The read and write policies of a composition (defaults filled in), checked.
+
+    :raises ConfigurationError: a policy of the wrong type, or a ``RaceWrite`` whose losers
+        would be handed to an offload that drops them.
+    """
+    read = read if read is not None else SequentialRead()
+    write = write if write is not None else SequentialWrite()
+    if not isinstance(read, ReadPolicy):
+        raise ConfigurationError(f"read must be a ReadPolicy, not {read!r}")
+    if not isinstance(write, WritePolicy):
+        raise ConfigurationError(f"write must be a WritePolicy, not {write!r}")
+    if not isinstance(refill, Refill):
+        raise ConfigurationError(f"refill must be Refill.ALWAYS or Refill.NEVER, not {refill!r}")
+    if (
+        isinstance(write, RaceWrite)
+        and write.loser is LoserPolicy.OFFLOAD
+        and offload is not None
+        and not offload.runs_tasks
+    ):
+        raise ConfigurationError(
+            "RaceWrite(loser=LoserPolicy.OFFLOAD) needs an offload that runs tasks; "
+            f"{type(offload).__name__} drops them. Use ThreadPoolOffload or "
+            "InlineOffload, or RaceWrite(loser=LoserPolicy.DROP) to drop losers."
+        )
+    return read, write
+
+
+__all__ = ["WriteChecks", "check_policies", "layer_serializers"]
 
 
 def layer_serializers(layer: Backend) -> list[Serializer]:

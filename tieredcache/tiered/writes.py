@@ -13,6 +13,7 @@ stamps and encodes each write once before it gets here (see
 
 from __future__ import annotations
 
+import logging
 import typing as t
 
 from tieredcache.entry import Entry
@@ -21,7 +22,10 @@ from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import BothLayersFailed
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.keys import check_key
+from tieredcache.policies.base import PolicyContext
 from tieredcache.policies.base import tag_tier
+from tieredcache.policies.write import RaceWrite
+from tieredcache.policies.write import SequentialWrite
 from tieredcache.policies.write import WritePolicy
 from tieredcache.stats import TIERED_INDEX
 from tieredcache.stats import Counters
@@ -37,6 +41,8 @@ if t.TYPE_CHECKING:
     from tieredcache.tiered.ordering import Ordering
 
 __all__ = ["Writer"]
+
+logger = logging.getLogger("tieredcache")
 
 _SETS, _DELETES = TIERED_INDEX["sets"], TIERED_INDEX["deletes"]
 
@@ -70,6 +76,32 @@ class Writer:
         self.policy = policy
         self.l2_stores_nothing = l2_stores_nothing
 
+    def context(self, keys: t.Sequence[str], operation: str) -> PolicyContext:
+        """What the write policy runs the legs of a write of ``keys`` with."""
+
+        def report(tier: str, exc: BaseException) -> None:
+            # A layer failure the policy absorbed: counted, logged (rate-limited), hooked.
+            self.counters.slot()[TIERED_INDEX[f"{tier}_write_errors"]] += 1
+            self.gate.log.warning(
+                f"{tier}-{operation}",
+                "tiered: %s %s of %d key(s) failed: %r",
+                tier,
+                operation,
+                len(keys),
+                exc,
+            )
+            hook = self.cache.on_partial_failure
+            if hook is not None:
+                try:
+                    hook(tier, list(keys), exc)
+                except Exception:
+                    logger.exception("tiered: on_partial_failure hook raised")
+
+        if isinstance(self.policy, SequentialWrite):
+            return PolicyContext(None, None, self.l1.local, report, operation)
+        offload = self.cache.offload if isinstance(self.policy, RaceWrite) else None
+        return PolicyContext(self.cache.executor, offload, self.l1.local, report, operation)
+
     def write_l1(self, items: dict[str, Entry]) -> t.Callable[[list[str]], object]:
         """The L1 part of a set of ``items``."""
 
@@ -97,7 +129,7 @@ class Writer:
         with gate.operation(), self.ordering.write(keys, seq) as slot:
             leg1 = slot.leg(L1, self.write_l1({k: self.cache.cap(e, now) for k, e in live.items()}))
             leg2 = gate.leg(slot, gate.set_op(live, slot.seq), set_replay(live))
-            self.policy.execute(leg1, leg2, self.cache.write_context(keys, "set"))
+            self.policy.execute(leg1, leg2, self.context(keys, "set"))
         self.counters.slot()[_SETS] += len(keys)
 
     def add(self, key: str, entry: Entry) -> bool:
