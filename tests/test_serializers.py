@@ -18,6 +18,7 @@ from tieredcache import PickleSerializer
 from tieredcache import SerializationError
 from tieredcache import Serializer
 from tieredcache import SignedSerializer
+from tieredcache import envelope
 
 
 class Exploding:
@@ -138,3 +139,17 @@ def test_non_finite_header_times_are_corrupt(bad: float) -> None:
         + (EntryCodec.header(None, None, 1)[12:])
         + PickleSerializer().dumps("v")
     ) == Entry("v", None, 1)
+
+
+def test_the_envelope_offsets_locate_the_header_fields() -> None:
+    data = envelope.header(12.5, 10.25, -7, tagged=True)
+    assert len(data) == envelope.HEADER_SIZE == EntryCodec.header_size
+    assert data.startswith(envelope.MAGIC_FORMAT)
+    assert data[envelope.FLAGS_OFFSET] == (
+        envelope.HAS_EXPIRES | envelope.HAS_STALE | envelope.HAS_TAGS
+    )
+    time = envelope.TIME_FORMAT
+    assert struct.unpack_from(time, data, envelope.EXPIRES_OFFSET) == (12.5,)
+    assert struct.unpack_from(time, data, envelope.STALE_OFFSET) == (10.25,)
+    assert struct.unpack_from(">q", data, envelope.VERSION_OFFSET) == (-7,)
+    assert envelope.read_header(data) == EntryCodec.read_header(data) == (12.5, 10.25, -7)

@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import pickle
 import struct
 import typing as t
 import zlib
 
+from tieredcache import envelope
 from tieredcache.entry import Entry
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
@@ -295,34 +295,30 @@ class CompressedSerializer(Serializer):
         return f"CompressedSerializer(inner={self.inner!r}, threshold={self.threshold})"
 
 
-# magic, format version, flags, expires_at, stale_at, version
-_HEADER = struct.Struct(">2sBBddq")
-_MAGIC = b"TC"
-_FORMAT = 1
-_MAGIC_FORMAT = b"TC\x01"
-_SIZE = _HEADER.size
-_unpack_after_magic = struct.Struct(">Bddq").unpack_from  # the header after magic and format
+_SIZE = envelope.HEADER_SIZE
+_MAGIC_FORMAT = envelope.MAGIC_FORMAT
+_FLAGS_OFFSET = envelope.FLAGS_OFFSET
+_HAS_TAGS = envelope.HAS_TAGS
+_unpack_fields = envelope.FIELDS.unpack_from  # the header after magic and format
+_times = envelope.header_times
 _loads = pickle.loads
-_HAS_EXPIRES = 1
-_HAS_STALE = 2
-_HAS_TAGS = 4  # the payload is the pair (value, tags)
 
 
 class EntryCodec:
     """Encodes an :class:`~tieredcache.entry.Entry` as an envelope and back.
 
-    The header is 28 bytes: magic ``b"TC"``, a format byte, flags, ``expires_at`` and
-    ``stale_at`` as IEEE doubles (present only when their flag is set, so "no expiry" is
-    never confused with any time) and ``version`` as a signed 64-bit integer. An entry with
-    tags sets a flag and its payload is the pair ``(value, tags)``, so the tags are
-    covered by the payload's signature and survive a :meth:`retime`. A signing
-    serializer signs the header with the payload. A header whose times are not finite
-    numbers (NaN, infinities) is refused as corrupt. Thread-safe.
+    The header (laid out in :mod:`tieredcache.envelope`) is 28 bytes: magic ``b"TC"``, a
+    format byte, flags, ``expires_at`` and ``stale_at`` as IEEE doubles (present only when
+    their flag is set, so "no expiry" is never confused with any time) and ``version`` as a
+    signed 64-bit integer. An entry with tags sets a flag and its payload is the pair
+    ``(value, tags)``, so the tags are covered by the payload's signature and survive a
+    :meth:`retime`. A signing serializer signs the header with the payload. A header whose
+    times are not finite numbers (NaN, infinities) is refused as corrupt. Thread-safe.
 
     :param serializer: the payload serializer.
     """
 
-    header_size = _HEADER.size
+    header_size = envelope.HEADER_SIZE
 
     def __init__(self, serializer: Serializer | None = None) -> None:
         self.serializer = serializer if serializer is not None else PickleSerializer()
@@ -360,38 +356,10 @@ class EntryCodec:
         entry.wire = (self, data)
         return data
 
-    @staticmethod
-    def header(
-        expires_at: float | None, stale_at: float | None, version: int, *, tagged: bool = False
-    ) -> bytes:
-        """The envelope header alone (``tagged``: the payload carries tags)."""
-        flags = (
-            (_HAS_EXPIRES if expires_at is not None else 0)
-            | (_HAS_STALE if stale_at is not None else 0)
-            | (_HAS_TAGS if tagged else 0)
-        )
-        return _HEADER.pack(
-            _MAGIC,
-            _FORMAT,
-            flags,
-            0.0 if expires_at is None else expires_at,
-            0.0 if stale_at is None else stale_at,
-            version,
-        )
-
-    @staticmethod
-    def read_header(data: bytes) -> tuple[float | None, float | None, int]:
-        """``(expires_at, stale_at, version)`` from an envelope, without decoding the payload.
-
-        :raises DeserializationError: the bytes are not an envelope, or its times are not
-            finite numbers.
-        """
-        if len(data) < _HEADER.size:
-            raise DeserializationError("payload is shorter than the envelope header")
-        magic, fmt, flags, expires_at, stale_at, version = _HEADER.unpack_from(data)
-        if magic != _MAGIC or fmt != _FORMAT:
-            raise DeserializationError("payload is not a tieredcache envelope")
-        return (*_times(flags, expires_at, stale_at), version)
+    #: The envelope header alone: :func:`tieredcache.envelope.header`.
+    header = staticmethod(envelope.header)
+    #: An envelope's ``(expires_at, stale_at, version)``: :func:`tieredcache.envelope.read_header`.
+    read_header = staticmethod(envelope.read_header)
 
     def decode(self, data: bytes) -> Entry:
         """The entry in an envelope.
@@ -401,7 +369,7 @@ class EntryCodec:
         # read_header() inlined: this runs once for every key an L2 read returns.
         if len(data) < _SIZE or not data.startswith(_MAGIC_FORMAT):
             self.read_header(data)  # raises the precise error
-        flags, expires_at, stale_at, version = _unpack_after_magic(data, 3)
+        flags, expires_at, stale_at, version = _unpack_fields(data, _FLAGS_OFFSET)
         expires, stale = _times(flags, expires_at, stale_at)
         if self._pickle:
             try:
@@ -427,7 +395,8 @@ class EntryCodec:
         :raises DeserializationError: ``data`` is not a valid envelope.
         """
         _, stale_at, version = self.read_header(data)
-        new_header = self.header(expires_at, stale_at, version, tagged=bool(data[3] & _HAS_TAGS))
+        tagged = bool(data[_FLAGS_OFFSET] & _HAS_TAGS)
+        new_header = self.header(expires_at, stale_at, version, tagged=tagged)
         if not self.signs:
             return new_header + bytes(data[_SIZE:])
         try:
@@ -452,17 +421,3 @@ def _tagged_entry(pair: t.Any, expires: float | None, version: int, stale: float
     ):
         raise DeserializationError("a tagged envelope does not hold a (value, tags) pair")
     return Entry(pair[0], expires, version, stale, tuple(pair[1]))
-
-
-def _times(flags: int, expires_at: float, stale_at: float) -> tuple[float | None, float | None]:
-    """The header's times (``None`` where the flag is clear); non-finite ones are corrupt."""
-    expires = expires_at if flags & _HAS_EXPIRES else None
-    stale = stale_at if flags & _HAS_STALE else None
-    if (expires is not None and not math.isfinite(expires)) or (
-        stale is not None and not math.isfinite(stale)
-    ):
-        raise DeserializationError(
-            f"envelope header holds a time that is not a finite number "
-            f"(expires_at={expires!r}, stale_at={stale!r})"
-        )
-    return expires, stale

@@ -1,12 +1,13 @@
-"""The backend contract, and the friendly API every backend inherits.
+"""The backend contract: the hooks a store implements and the entry-level API over them.
 
 A backend stores one layer. It implements a small set of protected hooks (``_get``,
 ``_set``, ``_add``, ...); this base class turns them into the public entry-level methods
-that a composition calls (:meth:`Backend.get_entry`, :meth:`Backend.set_entry`, ...) and
-the friendly API users call (:meth:`Backend.get`, :meth:`Backend.set`,
-:meth:`Backend.get_or_set`, ...). It validates keys and TTLs, never returns an expired
-entry, counts hits, misses and errors, and translates driver errors into
-:class:`~tieredcache.errors.BackendError` at one boundary.
+that a composition calls (:meth:`Backend.get_entry`, :meth:`Backend.set_entry`, ...). It
+never returns an expired entry, counts hits, misses and errors, and translates driver
+errors into :class:`~tieredcache.errors.BackendError` at one boundary. The friendly API
+users call (:meth:`Backend.get`, :meth:`Backend.set`, :meth:`Backend.get_or_set`, ...) and
+its TTL validation come from :class:`~tieredcache.api.FriendlyAPI`; the key rules from
+:mod:`tieredcache.keys`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import logging
 import time
 import typing as t
 
-from tieredcache.entry import DEFAULT
+from tieredcache.api import FriendlyAPI
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
-from tieredcache.entry import next_version
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import BackendError
 from tieredcache.errors import DeserializationError
@@ -26,7 +26,6 @@ from tieredcache.errors import TieredCacheError
 from tieredcache.errors import UnsupportedOperationError
 from tieredcache.keyglob import compile_glob
 from tieredcache.keys import check_key
-from tieredcache.keys import check_keys
 from tieredcache.keys import unique_keys
 from tieredcache.locks import SingleFlight
 from tieredcache.serializers import EntryCodec
@@ -56,7 +55,7 @@ T = t.TypeVar("T")
 _PATTERN_BATCH = 500  # keys deleted per batch by invalidate_pattern
 
 
-class Backend:
+class Backend(FriendlyAPI):
     """Base class of every storage layer, and of :class:`~tieredcache.TieredCache`.
 
     Subclasses implement the protected hooks; the defaults of the ``_many`` hooks loop
@@ -204,24 +203,6 @@ class Backend:
 
     def _now(self) -> float:
         return self.timer()
-
-    def _resolve_ttl(self, ttl: t.Any) -> float | None:
-        if ttl is DEFAULT:
-            return self.default_ttl
-        return validate_ttl(ttl)
-
-    def _ttl_seconds(self, ttl: t.Any) -> float | None:
-        """The lifetime a write gets for ``ttl`` (compositions add jitter here)."""
-        return self._resolve_ttl(ttl)
-
-    def _new_entry(self, value: t.Any, ttl: t.Any) -> Entry | None:
-        """The entry for ``value`` under ``ttl``, or ``None`` when the TTL means "do not store"."""
-        seconds = self._ttl_seconds(ttl)
-        if seconds is None:
-            return Entry(value, None, next_version())
-        if seconds <= 0:
-            return None
-        return Entry(value, self._now() + seconds, next_version())
 
     # -- entry-level API (what compositions call) ------------------------------------
 
@@ -399,92 +380,7 @@ class Backend:
         """Release connections and threads. Stored data is kept."""
         self._call(self._close)
 
-    # -- friendly API -----------------------------------------------------------------
-
-    def get(self, key: str, default: t.Any = None) -> t.Any:
-        """The value under ``key``, or ``default`` when it is missing or expired."""
-        entry = self.get_entry(key)
-        return default if entry is None else entry.value
-
-    def set(self, key: str, value: t.Any, ttl: t.Any = DEFAULT) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds.
-
-        ``ttl=None`` stores it forever; ``0`` or less stores nothing and deletes any value
-        the key had; by default the backend's ``default_ttl`` applies.
-
-        :raises SerializationError: the value cannot be serialized; nothing was written.
-        :raises BackendError: the store failed.
-        """
-        check_key(key)
-        entry = self._new_entry(value, ttl)
-        if entry is None:
-            self.delete(key)
-        else:
-            self.set_entry(key, entry)
-
-    def add(self, key: str, value: t.Any, ttl: t.Any = DEFAULT) -> bool:
-        """Store ``value`` only if ``key`` holds no value; True if it was stored."""
-        check_key(key)
-        entry = self._new_entry(value, ttl)
-        if entry is None:
-            return False
-        return self.add_entry(key, entry)
-
-    def has(self, key: str) -> bool:
-        """True if ``key`` holds an unexpired value."""
-        return self.get_entry(key) is not None
-
-    def get_many(self, keys: t.Iterable[str]) -> dict[str, t.Any]:
-        """The values of the ``keys`` that hold one, by key."""
-        return {k: e.value for k, e in self.get_entries(keys).items()}
-
-    def set_many(self, mapping: t.Mapping[str, t.Any], ttl: t.Any = DEFAULT) -> None:
-        """Store every item for ``ttl`` seconds, in one batch where the store allows."""
-        check_keys(mapping)
-        seconds = self._ttl_seconds(ttl)
-        if seconds is not None and seconds <= 0:
-            self.delete_many(list(mapping))
-            return
-        expires_at = None if seconds is None else self._now() + seconds
-        self.set_entries({k: Entry(v, expires_at, next_version()) for k, v in mapping.items()})
-
-    def touch(self, key: str, ttl: t.Any = DEFAULT) -> bool:
-        """Give ``key`` a new TTL; False if it holds no value. ``ttl <= 0`` deletes it."""
-        seconds = self._resolve_ttl(ttl)
-        expires_at = None if seconds is None else self._now() + seconds
-        return self.touch_entry(key, expires_at)
-
-    def get_or_set(
-        self,
-        key: str,
-        loader: t.Callable[[], t.Any],
-        ttl: t.Any = DEFAULT,
-        *,
-        wait_timeout: float | None = None,
-    ) -> t.Any:
-        """The value under ``key``; on a miss, ``loader()``'s result, stored and returned.
-
-        Single-flight in the process: concurrent callers on a missing key run the loader
-        once and all receive its result; if it raises, every waiting caller gets the same
-        exception, and the next call tries again.
-
-        :param wait_timeout: how long a caller waits for another's loader (``None``: as
-            long as the loader takes).
-        :raises LockTimeoutError: ``wait_timeout`` passed.
-        """
-        entry = self.get_entry(key)
-        if entry is not None:
-            return entry.value
-
-        def load() -> t.Any:
-            again = self.get_entry(key)  # a leader that finished just now already stored it
-            if again is not None:
-                return again.value
-            value = loader()
-            self.set(key, value, ttl)
-            return value
-
-        return self._flights.run(key, load, wait_timeout)
+    # -- reporting and lifetime ------------------------------------------------------
 
     def reset_stats(self) -> None:
         """Set this backend's counters to zero."""

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import math
 import re
+import string
 import struct
 import typing as t
 
+from tieredcache import envelope
 from tieredcache.backends.base import Backend
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
@@ -75,27 +77,51 @@ _SETS_INDEX = COUNTERS.index("sets")
 _PX_SLACK_MS = 0.001
 _MAX_PX = float(2**62)  # ms; far beyond any TTL that validate_ttl lets through
 
-# The Lua scripts read the envelope header laid out by EntryCodec: magic b"TC", format 1,
-# flags (bit 1: has expires_at), expires_at, stale_at (big-endian doubles), version (int64).
-_HEADER_SIZE = 28
-_MAGIC = b"TC\x01"
-assert EntryCodec.header_size == _HEADER_SIZE, "the Lua scripts assume a 28-byte header"
-assert EntryCodec.header(None, None, 0).startswith(_MAGIC)
+
+def _lua_bytes(data: bytes) -> str:
+    """``data`` as a Lua string literal (every byte a three-digit decimal escape)."""
+    return "'" + "".join(f"\\{byte:03d}" for byte in data) + "'"
+
+
+# The Lua scripts read and rewrite the envelope header; every position, size and flag in them
+# comes from tieredcache.envelope (Lua strings count from 1, the offsets there from 0).
+_TIME_SIZE = struct.calcsize(envelope.TIME_FORMAT)
+_LUA_ENVELOPE = {
+    "HEADER_SIZE": envelope.HEADER_SIZE,
+    "MAGIC": _lua_bytes(envelope.MAGIC_FORMAT),
+    "MAGIC_LEN": len(envelope.MAGIC_FORMAT),
+    "MAGIC_LAST0": len(envelope.MAGIC_FORMAT) - 1,
+    "FLAGS_AT": envelope.FLAGS_OFFSET + 1,
+    "EXPIRES_AT": envelope.EXPIRES_OFFSET + 1,
+    "STALE_AT": envelope.STALE_OFFSET + 1,
+    "AFTER_EXPIRES": envelope.EXPIRES_OFFSET + _TIME_SIZE + 1,
+    "TIME": f"'{envelope.TIME_FORMAT}'",
+    "HAS_EXPIRES": envelope.HAS_EXPIRES,
+    "HAS_STALE": envelope.HAS_STALE,
+    "KEEP_FLAGS": 0xFF & ~envelope.HAS_EXPIRES,
+}
+
+
+def _lua(template: str) -> str:
+    """A Lua script with the envelope's layout substituted for its ``$NAME`` placeholders."""
+    return string.Template(template).substitute(_LUA_ENVELOPE)
+
 
 # KEYS[1]: the key. ARGV: envelope, now, px ("" = no expiry). Returns 1 if stored.
-_ADD_SCRIPT = r"""
+_ADD_SCRIPT = _lua(
+    r"""
+-- A time that is not a finite number (NaN, infinities) is a corrupt header: absent.
+local function finite(x) return x == x and x ~= math.huge and x ~= -math.huge end
 local current = redis.call('GET', KEYS[1])
-if current and #current >= 28 and string.sub(current, 1, 3) == 'TC\1' then
-  local flags = string.byte(current, 4)
-  local expires_at = struct.unpack('>d', current, 5)
-  local stale_at = struct.unpack('>d', current, 13)
-  -- A time that is not a finite number (NaN, infinities) is a corrupt header: absent.
-  local corrupt = (flags % 2 == 1 and (expires_at ~= expires_at or expires_at == math.huge
-      or expires_at == -math.huge))
-    or (flags % 4 >= 2 and (stale_at ~= stale_at or stale_at == math.huge
-      or stale_at == -math.huge))
+if current and #current >= $HEADER_SIZE and string.sub(current, 1, $MAGIC_LEN) == $MAGIC then
+  local flags = string.byte(current, $FLAGS_AT)
+  local has_expires = bit.band(flags, $HAS_EXPIRES) ~= 0
+  local expires_at = struct.unpack($TIME, current, $EXPIRES_AT)
+  local stale_at = struct.unpack($TIME, current, $STALE_AT)
+  local corrupt = (has_expires and not finite(expires_at))
+    or (bit.band(flags, $HAS_STALE) ~= 0 and not finite(stale_at))
   if not corrupt then
-    if flags % 2 == 0 then return 0 end
+    if not has_expires then return 0 end
     if expires_at > tonumber(ARGV[2]) then return 0 end
   end
 end
@@ -106,28 +132,33 @@ else
 end
 return 1
 """
+)
 
-# KEYS[1]: the key. ARGV: now, has-expiry flag ("0"/"1"), expires_at as 8 packed bytes,
-# px ("" = no expiry). Rewrites the header's flags and expires_at, keeping the rest.
-_TOUCH_SCRIPT = r"""
+# KEYS[1]: the key. ARGV: now, the has-expiry flag bit ("0" when there is no expiry),
+# expires_at as packed bytes, px ("" = no expiry). Rewrites the header's flags and
+# expires_at, keeping the rest.
+_TOUCH_SCRIPT = _lua(
+    r"""
+-- A time that is not a finite number (NaN, infinities) is a corrupt header: absent.
+local function finite(x) return x == x and x ~= math.huge and x ~= -math.huge end
 local current = redis.call('GET', KEYS[1])
-if not current or #current < 28 or string.sub(current, 1, 3) ~= 'TC\1' then return 0 end
-local flags = string.byte(current, 4)
-if flags % 2 == 1 then
-  local expires_at = struct.unpack('>d', current, 5)
-  -- A time that is not a finite number (NaN, infinities) is a corrupt header: absent.
-  if expires_at ~= expires_at or expires_at == math.huge or expires_at == -math.huge then
-    return 0
-  end
+if not current or #current < $HEADER_SIZE or string.sub(current, 1, $MAGIC_LEN) ~= $MAGIC then
+  return 0
+end
+local flags = string.byte(current, $FLAGS_AT)
+if bit.band(flags, $HAS_EXPIRES) ~= 0 then
+  local expires_at = struct.unpack($TIME, current, $EXPIRES_AT)
+  if not finite(expires_at) then return 0 end
   if expires_at <= tonumber(ARGV[1]) then return 0 end
 end
-if flags % 4 >= 2 then
-  local stale_at = struct.unpack('>d', current, 13)
-  if stale_at ~= stale_at or stale_at == math.huge or stale_at == -math.huge then return 0 end
+if bit.band(flags, $HAS_STALE) ~= 0 then
+  local stale_at = struct.unpack($TIME, current, $STALE_AT)
+  if not finite(stale_at) then return 0 end
 end
-flags = flags - (flags % 2) + tonumber(ARGV[2])
-local updated = string.sub(current, 1, 3) .. string.char(flags) .. ARGV[3]
-  .. string.sub(current, 13)
+flags = bit.bor(bit.band(flags, $KEEP_FLAGS), tonumber(ARGV[2]))
+local updated = string.sub(current, 1, $FLAGS_AT - 1) .. string.char(flags)
+  .. string.sub(current, $FLAGS_AT + 1, $EXPIRES_AT - 1) .. ARGV[3]
+  .. string.sub(current, $AFTER_EXPIRES)
 if ARGV[4] == '' then
   redis.call('SET', KEYS[1], updated)
 else
@@ -135,19 +166,22 @@ else
 end
 return 1
 """
+)
 
 # KEYS: one SCAN batch. Unlinks the keys that hold a tieredcache envelope; returns how many.
-_CLEAR_ENVELOPES_SCRIPT = r"""
+_CLEAR_ENVELOPES_SCRIPT = _lua(
+    r"""
 local removed = 0
 for _, key in ipairs(KEYS) do
   if redis.call('TYPE', key)['ok'] == 'string'
-      and redis.call('GETRANGE', key, 0, 2) == 'TC\1' then
+      and redis.call('GETRANGE', key, 0, $MAGIC_LAST0) == $MAGIC then
     redis.call('UNLINK', key)
     removed = removed + 1
   end
 end
 return removed
 """
+)
 
 
 class RedisBackend(Backend):
@@ -465,8 +499,8 @@ class RedisBackend(Backend):
         px = self._px(expires_at)
         args: list[bytes | str] = [
             repr(float(self.timer())),
-            "0" if expires_at is None else "1",
-            struct.pack(">d", 0.0 if expires_at is None else expires_at),
+            "0" if expires_at is None else str(envelope.HAS_EXPIRES),
+            struct.pack(envelope.TIME_FORMAT, 0.0 if expires_at is None else expires_at),
             "" if px is None else str(px),
         ]
         return bool(self._touch_script(keys=[self._key(key)], args=args))
