@@ -490,8 +490,9 @@ class L2Gate:
         landed = 0
         for key, item in self._queue.snapshot():
             with self.ordering.write([key], item.seq) as slot:
-                if not self._queue.take(key, item):
-                    continue  # superseded meanwhile by a newer write of the key
+                if not self._queue.begin(key, item):
+                    continue  # superseded meanwhile by a newer write, or being replayed
+                done = True
                 try:
                     ran = slot.run(
                         L2,
@@ -500,7 +501,7 @@ class L2Gate:
                         timeout=self.timeout,
                     )
                 except BackendUnavailableError:
-                    self.enqueue(key, item)
+                    done = False
                     return landed
                 except BackendError as exc:
                     # The server refused this key's write: replaying it again cannot help.
@@ -512,6 +513,8 @@ class L2Gate:
                         exc,
                     )
                     continue
+                finally:
+                    self._queue.end(key, item, done=done)
                 if ran is None:
                     # A newer write of the key reached L2, or is queued, meanwhile. L1 may
                     # still hold this one (written while L2 was down): drop it unless a

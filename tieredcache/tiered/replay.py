@@ -96,6 +96,7 @@ class ReplayQueue:
         """Empty, with a new lock: a forked child leaves the parent's writes to the parent."""
         self._lock = threading.Lock()
         self._items: collections.OrderedDict[str, ReplayItem] = collections.OrderedDict()
+        self._replaying: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -138,14 +139,24 @@ class ReplayQueue:
         with self._lock:
             return list(self._items.items())
 
-    def take(self, key: str, item: ReplayItem) -> bool:
-        """Remove ``item`` if it is still the write of ``key`` waiting (not superseded)."""
+    def begin(self, key: str, item: ReplayItem) -> bool:
+        """Start replaying ``item``: False if it was superseded or is being replayed.
+
+        The item stays queued (reads of the key still answer from it) until :meth:`end`.
+        """
         with self._lock:
-            current = self._items.get(key)
-            if current is None or current.seq != item.seq:
+            if self._items.get(key) is not item or key in self._replaying:
                 return False
-            del self._items[key]
+            self._replaying.add(key)
             return True
+
+    def end(self, key: str, item: ReplayItem, *, done: bool) -> None:
+        """The replay of ``item`` is over: ``done`` (landed, superseded or refused) removes
+        it unless a newer write of the key was queued meanwhile."""
+        with self._lock:
+            self._replaying.discard(key)
+            if done and self._items.get(key) is item:
+                del self._items[key]
 
     def count(self, *, replayed: int = 0, superseded: int = 0) -> None:
         with self._lock:
