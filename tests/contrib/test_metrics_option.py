@@ -70,3 +70,29 @@ def test_flask_reports_its_cache() -> None:
     bad.config.update(TIEREDCACHE_LOCATION="memory://flask-bad", TIEREDCACHE_METRICS="nope")
     with pytest.raises(ConfigurationError, match="METRICS must be one of"):
         TieredCacheExtension(bad)
+
+
+def test_flask_caching_reports_its_cache() -> None:
+    from flask_caching import Cache
+
+    app = flask.Flask("metrics-fc")
+    app.config.update(
+        CACHE_TYPE="tieredcache.contrib.flask.TieredCache",
+        CACHE_TIEREDCACHE_LOCATION="memory://flask-caching-metrics",
+        CACHE_TIEREDCACHE_METRICS="prometheus",
+        CACHE_TIEREDCACHE_METRICS_NAME="fc",
+    )
+    cache = Cache(app)
+    with app.app_context():
+        cache.set("k", 1)
+        cache.set("j", 2)
+        assert cache.get("k") == 1
+    assert sample("tieredcache_sets_total", "fc", tier="tiered") == 2
+    bad = flask.Flask("bad-fc")
+    bad.config.update(
+        CACHE_TYPE="tieredcache.contrib.flask.TieredCache",
+        CACHE_TIEREDCACHE_LOCATION="memory://flask-caching-bad",
+        CACHE_TIEREDCACHE_METRICS="nope",
+    )
+    with pytest.raises(ConfigurationError, match="METRICS must be one of"):
+        Cache(bad)

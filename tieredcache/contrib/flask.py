@@ -29,6 +29,8 @@ import logging
 import typing as t
 
 from tieredcache.config import shared_cache
+from tieredcache.contrib.metrics import enable_metrics
+from tieredcache.contrib.metrics import split_metrics
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import BackendError
 from tieredcache.errors import ConfigurationError
@@ -131,6 +133,8 @@ class TieredCache(_CacheBase):
         that whoever can write to Redis or memcached cannot feed this process a forged
         pickle; give ``sign=False`` to store unsigned payloads.
     :param fallback_secrets: older secrets whose signatures are still accepted on read.
+    :param metrics: ``"prometheus"`` or ``"opentelemetry"`` reports the cache's figures
+        (:mod:`tieredcache.contrib.metrics`) under ``metrics_name``.
     :param options: tieredcache options (``l1_maxsize``, ``l1_ttl``, ``read``, ``write``,
         ``serializer``, ``sign``, ...), passed to
         :func:`~tieredcache.config.shared_cache`.
@@ -149,6 +153,8 @@ class TieredCache(_CacheBase):
         *,
         secret_key: str | bytes | None = None,
         fallback_secrets: t.Iterable[str | bytes] = (),
+        metrics: str | None = None,
+        metrics_name: str | None = None,
         **options: t.Any,
     ) -> None:
         # cachelib's BaseCache.__init__ only sets these two attributes, and would warn
@@ -176,6 +182,7 @@ class TieredCache(_CacheBase):
         self.cache: _CoreCache = shared_cache(
             location, options, secret_key=secret_key, fallback_secrets=fallback_secrets
         )
+        enable_metrics(self.cache, split_metrics({"metrics": metrics})[1], metrics_name)
 
     @classmethod
     def factory(
@@ -197,7 +204,9 @@ class TieredCache(_CacheBase):
         - ``CACHE_OPTIONS``: a dict of tieredcache options (Flask-Caching also merges it
           into ``kwargs``);
         - the app's ``SECRET_KEY`` (L2 payloads are signed when it is set, unless
-          ``CACHE_OPTIONS`` has ``"sign": False``) and ``SECRET_KEY_FALLBACKS``.
+          ``CACHE_OPTIONS`` has ``"sign": False``) and ``SECRET_KEY_FALLBACKS``;
+        - ``CACHE_TIEREDCACHE_METRICS`` (``"prometheus"`` or ``"opentelemetry"``) and
+          ``CACHE_TIEREDCACHE_METRICS_NAME``: report the cache's figures.
 
         ``CACHE_ARGS``, if given, fill ``location``, ``default_timeout`` and ``key_prefix``
         positionally, in that order.
@@ -229,6 +238,8 @@ class TieredCache(_CacheBase):
         named["ignore_delete_many_errors"] = options.pop(
             "ignore_delete_many_errors", config.get("CACHE_IGNORE_ERRORS", False)
         )
+        options.setdefault("metrics", config.get("CACHE_TIEREDCACHE_METRICS"))
+        options.setdefault("metrics_name", config.get("CACHE_TIEREDCACHE_METRICS_NAME"))
         # Flask-Caching's config is the app's config updated with the Cache object's own.
         options.setdefault("secret_key", config.get("SECRET_KEY", app.config.get("SECRET_KEY")))
         fallbacks = config.get("SECRET_KEY_FALLBACKS", app.config.get("SECRET_KEY_FALLBACKS"))
