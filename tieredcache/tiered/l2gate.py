@@ -370,18 +370,23 @@ class L2Gate:
             chosen = {k: items[k] for k in live}
             if self.own is not None:
                 self.own.mark(live, seq)
-            try:
-                if self._failed_while_waiting():
-                    raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
-                if self.inline:
-                    self._set_announcing(chosen, seq)
-                    self._supersede(live, seq, announced=True)
-                    return
-                self.call(self.l2.set_entries, chosen)
-            except BackendUnavailableError as exc:
-                self._unavailable(live, seq, exc, set_replay(items))
-                return
-            self.landed("set", live, seq)
+            if self.inline:  # the write and its announcement in one round trip
+                self._write(
+                    "set",
+                    live,
+                    seq,
+                    set_replay(items),
+                    lambda: self._set_announcing(chosen, seq),
+                    announced=True,
+                )
+            else:
+                self._write(
+                    "set",
+                    live,
+                    seq,
+                    set_replay(items),
+                    lambda: self.call(self.l2.set_entries, chosen),
+                )
 
         return op
 
@@ -389,7 +394,9 @@ class L2Gate:
         """The L2 part of a delete at ``seq``; returns the keys L2 held."""
 
         def op(live: list[str]) -> list[str]:
-            deleted = self._write("delete", live, seq, delete_replay, self.l2.delete_each, live)
+            deleted = self._write(
+                "delete", live, seq, delete_replay, lambda: self.call(self.l2.delete_each, live)
+            )
             return [] if deleted is None else deleted
 
         return op
@@ -400,19 +407,24 @@ class L2Gate:
         live: list[str],
         seq: int,
         replay: ReplayFactory,
-        fn: t.Callable[..., T],
-        *args: t.Any,
+        send: t.Callable[[], T],
+        *,
+        announced: bool = False,
     ) -> T | None:
-        """Call ``fn(*args)`` on L2 for the ``live`` keys of a write at ``seq``; announce it
-        once it landed, or queue it for replay (fail-open) when L2 is unavailable."""
+        """Run ``send()`` (the L2 calls of a write of ``live`` at ``seq``); once it landed,
+        supersede older queued replays and announce it (unless ``announced``: it went out
+        with the write); when L2 is unavailable, queue it for replay (fail-open) or raise."""
         try:
             if self._failed_while_waiting():
                 raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
-            result = self.call(fn, *args)
+            result = send()
         except BackendUnavailableError as exc:
             self._unavailable(live, seq, exc, replay)
             return None
-        self.landed(kind, live, seq)
+        if announced:
+            self._supersede(live, seq, announced=True)
+        else:
+            self.landed(kind, live, seq)
         return result
 
     def touch_op(
