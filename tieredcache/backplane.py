@@ -90,7 +90,6 @@ __all__ = [
     "check_kind",
     "decode_message",
     "encode_message",
-    "inline_entries",
     "new_origin",
 ]
 
@@ -113,15 +112,18 @@ MAX_INLINE_ENTRY = 1024
 class Message(t.NamedTuple):
     """A decoded message, as an ``on_message`` callback receives it."""
 
-    own: bool  # published by this backplane
+    own: bool  # published by this backplane (never delivered: always False)
     kind: str  # a kind of KINDS (an unknown one is already mapped to delete or clear)
     keys: list[str]
     version: int
     entries: dict[str, bytes]  # the encoded new entries a "set" carries (may be empty)
+    #: Per carried key, the version of the entry its write replaced in L2 (a key missing:
+    #: unknown); ``None`` when the message does not say (its entries then only evict).
+    previous: dict[str, int] | None = None
 
 
 MessageCallback = t.Callable[[Message], None]
-"""``on_message(message)``: every well-formed message, this process's own included."""
+"""``on_message(message)``: every well-formed message of another origin."""
 
 _B = t.TypeVar("_B", bound="Backplane")
 
@@ -149,7 +151,22 @@ class Backplane:
     Implementations are thread-safe and usable as context managers (:meth:`close` on exit).
     """
 
-    def publish(self, kind: str, keys: t.Sequence[str], version: int = 0) -> bool:
+    #: :meth:`publish` sends ``entries`` and ``previous`` (a backplane that does not
+    #: ignores them, and its receivers evict).
+    carries_entries: bool = False
+    #: Seconds a composition may hold an announcement to send it with later ones in one
+    #: message (see :class:`~tieredcache.tiered.announce.Announcements`).
+    linger: float = 0.0
+
+    def publish(
+        self,
+        kind: str,
+        keys: t.Sequence[str],
+        version: int = 0,
+        *,
+        entries: t.Mapping[str, bytes] | None = None,
+        previous: t.Mapping[str, int | None] | None = None,
+    ) -> bool:
         """Announce that this process changed ``keys``; never raises on transport errors.
 
         :returns: True if the message was sent, False if it failed or was dropped.
@@ -157,6 +174,10 @@ class Backplane:
         :param kind: ``"set"``, ``"delete"``, ``"touch"`` or ``"clear"``.
         :param keys: the cache's keys (ignored for ``"clear"``).
         :param version: the write version (:func:`~tieredcache.entry.next_version`).
+        :param entries: for a ``"set"``, the encoded new entries of some of ``keys``.
+        :param previous: for each key of ``entries``, the version of the entry its write
+            replaced in L2 (``None``: unknown); receivers holding exactly that entry
+            replace it, the others evict.
         :raises ConfigurationError: ``kind`` is unknown or ``keys`` is a single str.
         """
         raise NotImplementedError
@@ -170,9 +191,9 @@ class Backplane:
     ) -> None:
         """Start delivering other processes' messages to ``on_invalidate``.
 
-        With ``on_message``, every well-formed message (this backplane's own included, with
-        ``own=True``) goes to it instead, as a :class:`Message` carrying the version and
-        any entries a ``"set"`` carries.
+        With ``on_message``, every well-formed message of another origin goes to it
+        instead, as a :class:`Message` carrying the version, and the entries and replaced
+        versions a ``"set"`` carries.
 
         Returns at once; the subscription becomes active in the background (see
         :meth:`wait_connected`).
@@ -234,33 +255,33 @@ def new_origin() -> str:
     return secrets.token_hex(8)
 
 
-def inline_entries(
-    kind: str, entries: t.Mapping[str, bytes] | None
-) -> t.Mapping[str, bytes] | None:
-    """The entries a message of ``kind`` carries: all of ``entries`` for a ``"set"`` when
-    every one is at most :data:`MAX_INLINE_ENTRY` bytes, else ``None`` (keys only)."""
-    if kind == "set" and entries and all(len(v) <= MAX_INLINE_ENTRY for v in entries.values()):
-        return entries
-    return None
-
-
 def encode_message(
     origin: str,
     kind: str,
     version: int,
     keys: t.Iterable[str],
     entries: t.Mapping[str, bytes] | None = None,
+    previous: t.Mapping[str, int | None] | None = None,
 ) -> bytes:
-    """The payload of one message (compact ASCII JSON; ``entries`` base64-encoded)."""
+    """The payload of one message (compact ASCII JSON; ``entries`` base64-encoded). A
+    ``"set"`` carries those of ``entries`` of at most :data:`MAX_INLINE_ENTRY` bytes with
+    their ``previous`` versions; other kinds carry keys only."""
     message: dict[str, t.Any] = {"o": origin, "k": kind, "v": int(version), "keys": list(keys)}
-    if entries:
-        message["e"] = {k: base64.b64encode(v).decode("ascii") for k, v in entries.items()}
+    if kind == "set" and entries:
+        carried = {k: v for k, v in entries.items() if len(v) <= MAX_INLINE_ENTRY}
+        if carried:
+            before = previous or {}
+            message["e"] = {k: base64.b64encode(v).decode("ascii") for k, v in carried.items()}
+            message["p"] = {k: before[k] for k in carried if before.get(k) is not None}
     return json.dumps(message, separators=(",", ":")).encode("ascii")
 
 
-def decode_message(data: t.Any) -> tuple[str, str, list[str], int, dict[str, bytes]]:
-    """``(origin, kind, keys, version, entries)``; unknown fields are ignored, and entries
-    that are not well-formed are dropped (their keys are then evicted, not updated).
+def decode_message(
+    data: t.Any,
+) -> tuple[str, str, list[str], int, dict[str, bytes], dict[str, int] | None]:
+    """``(origin, kind, keys, version, entries, previous)``; unknown fields are ignored, and
+    entries that are not well-formed are dropped (their keys are then evicted, not
+    updated). ``previous`` is ``None`` when the message has no ``"p"``.
 
     :raises ValueError: the message is malformed.
     """
@@ -293,7 +314,15 @@ def decode_message(data: t.Any) -> tuple[str, str, list[str], int, dict[str, byt
                     entries[key] = base64.b64decode(text, validate=True)
                 except ValueError:
                     continue
-    return origin, kind, keys, version, entries
+    previous: dict[str, int] | None = None
+    stated = message.get("p")
+    if kind == "set" and isinstance(stated, dict):
+        previous = {
+            key: number
+            for key, number in stated.items()
+            if key in entries and isinstance(number, int) and not isinstance(number, bool)
+        }
+    return origin, kind, keys, version, entries, previous
 
 
 def __getattr__(name: str) -> t.Any:

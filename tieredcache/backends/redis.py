@@ -130,6 +130,8 @@ class RedisBackend(Backend):
         self._touch_script = client.register_script(TOUCH_SCRIPT)
         self._clear_script = client.register_script(CLEAR_ENVELOPES_SCRIPT)
         self._direct = DirectCommands.for_client(client)
+        #: The server answers ``SET ... GET`` (Redis 6.2 or later); learned on first use.
+        self._swaps = True
 
     @classmethod
     def from_url(
@@ -292,56 +294,54 @@ class RedisBackend(Backend):
                 pipe.set(full, data, px=self._px(expires_at))
             pipe.execute()
 
-    def set_entries_announcing(
-        self,
-        items: t.Mapping[str, Entry],
-        announcement: t.Callable[[dict[str, bytes]], tuple[bytes, bytes, bool]],
-    ) -> None:
-        """Store ``items`` and publish their announcement in the same round trip.
+    def swap_entries(self, items: t.Mapping[str, Entry]) -> dict[str, tuple[bytes, int | None]]:
+        """Store ``items`` with one ``SET ... GET`` each (one round trip) and return, per key,
+        its encoded entry and the version of the entry it replaced.
 
-        ``announcement(payloads)`` gets each key's encoded envelope (before any I/O) and
-        returns ``(channel, message, atomic)``. The ``PUBLISH`` follows the ``SET`` commands
-        on one connection; with ``atomic`` the whole is one ``MULTI``/``EXEC`` transaction,
-        so that nothing is published unless every write is applied, and no other client's
-        write or message comes in between (messages then follow the order of the writes).
-        Items must be unexpired (the composition checks). Not for cluster clients.
+        The version is ``None`` when the key held nothing (or an expired entry), a value of
+        another type or not an envelope, or when the server predates ``SET ... GET`` (Redis
+        6.2); the entries are then stored with a plain ``SET``. A backplane announcement
+        carries both, so that another process holding exactly the replaced entry replaces
+        its copy instead of evicting it (see :mod:`tieredcache.tiered.coherence`). Items
+        must be unexpired (the composition checks).
 
-        :raises BackendError: the store failed; the announcement may not have been sent.
+        :raises BackendError: the store failed.
         """
         encoded = [(self._key(k), self.codec.encode(e), e) for k, e in items.items()]
-        payloads = {k: data for k, (_, data, _) in zip(items, encoded)}
-        channel, message, atomic = announcement(payloads)
-        self._call(self._set_announcing, encoded, channel, message, atomic)
+        replaced = self._call(self._swap, encoded)
         self._counters.slot()[_SETS_INDEX] += len(encoded)
+        return {
+            key: (data, _version_of(old))
+            for key, (_, data, _), old in zip(items, encoded, replaced)
+        }
 
-    def _set_announcing(
-        self,
-        encoded: list[tuple[bytes, bytes, Entry]],
-        channel: bytes,
-        message: bytes,
-        atomic: bool,
-    ) -> None:
-        direct = self._direct
-        if direct is not None and not self._cluster:
-            parts = [b"*1\r\n$5\r\nMULTI\r\n"] if atomic else []
-            parts.extend(pack_set(full, data, self._px(e.expires_at)) for full, data, e in encoded)
-            parts.append(pack(b"PUBLISH", channel, message))
-            if atomic:
-                parts.append(b"*1\r\n$4\r\nEXEC\r\n")
-            replies = len(encoded) + 1 + (2 if atomic else 0)
+    def _swap(self, encoded: list[tuple[bytes, bytes, Entry]]) -> list[t.Any]:
+        if self._swaps:
             try:
-                result = direct.call(b"".join(parts), replies=replies)
+                return self._send_sets(encoded, get=True)
+            except redis.exceptions.ResponseError as exc:
+                # A key of another type (WRONGTYPE), or a server without SET ... GET: write
+                # with a plain SET; nothing is known of what was replaced.
+                if "WRONGTYPE" not in str(exc):
+                    self._swaps = False
+        self._send_sets(encoded, get=False)
+        return [None] * len(encoded)
+
+    def _send_sets(self, encoded: list[tuple[bytes, bytes, Entry]], *, get: bool) -> list[t.Any]:
+        direct = self._direct
+        if direct is not None:
+            packed = b"".join(
+                [pack_set(full, data, self._px(e.expires_at), get=get) for full, data, e in encoded]
+            )
+            try:
+                replies = direct.call(packed, replies=len(encoded))
+                return [replies] if len(encoded) == 1 else list(replies)
             except RETRY_THROUGH_CLIENT:
                 pass
-            else:
-                if atomic and result[-1] is None:  # pragma: no cover - no WATCH is used
-                    raise redis.exceptions.ResponseError("EXEC aborted")
-                return
-        with self._client.pipeline(transaction=atomic) as pipe:
+        with self._client.pipeline(transaction=False) as pipe:
             for full, data, e in encoded:
-                pipe.set(full, data, px=self._px(e.expires_at))
-            pipe.publish(channel, message)
-            pipe.execute()
+                pipe.set(full, data, px=self._px(e.expires_at), get=get)
+            return list(pipe.execute())
 
     def _add(self, key: str, entry: Entry) -> bool:
         data = self.codec.encode(entry)
@@ -537,6 +537,16 @@ class RedisBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self._target} prefix={self.prefix!r}>"
+
+
+def _version_of(data: t.Any) -> int | None:
+    """The version in the envelope header of ``data``, or ``None`` if it is not one."""
+    if not isinstance(data, bytes):
+        return None
+    try:
+        return envelope.read_header(data)[2]
+    except DeserializationError:
+        return None
 
 
 def _glob_escape(raw: bytes) -> bytes:

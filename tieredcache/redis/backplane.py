@@ -25,6 +25,7 @@ fork with the pub/sub one."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import threading
@@ -41,7 +42,6 @@ from tieredcache.backplane import ResetCallback
 from tieredcache.backplane import check_kind
 from tieredcache.backplane import decode_message
 from tieredcache.backplane import encode_message
-from tieredcache.backplane import inline_entries
 from tieredcache.backplane import new_origin
 from tieredcache.cluster_tracking import ClusterTracking
 from tieredcache.errors import ConfigurationError
@@ -129,11 +129,15 @@ class RedisBackplane(Backplane):
     :param tracking_prefixes: the Redis key-name prefixes tracked and stripped to give the
         cache's keys; by default the L2 backend's ``prefix`` (see :meth:`bind`), or every
         key when the backplane is used without a composition.
+    :param linger: the most seconds a composition holds the announcement of a write, so
+        that the writes of that time go out in one ``PUBLISH`` (0: send each at once). It
+        adds to the staleness bound of other processes (see :mod:`tieredcache.backplane`).
     :raises ConfigurationError: a bad option, or ``tracking`` with a client that has no
         connection pool.
     """
 
     name = "redis"
+    carries_entries = True
     #: Seconds one ``get_message`` waits: the bound on how long :meth:`close` waits for
     #: an idle subscriber to notice.
     poll_interval: t.ClassVar[float] = 0.05
@@ -149,7 +153,17 @@ class RedisBackplane(Backplane):
         close_timeout: float = 5.0,
         tracking: bool = False,
         tracking_prefixes: t.Sequence[str] | None = None,
+        linger: float = 0.005,
     ) -> None:
+        if (
+            not isinstance(linger, (int, float))
+            or isinstance(linger, bool)
+            or not (0 <= linger <= 1)
+        ):
+            raise ConfigurationError(
+                f"linger must be a number of seconds in [0, 1], not {linger!r}"
+            )
+        self.linger = float(linger)
         if not isinstance(tracking, bool):
             raise ConfigurationError(f"tracking must be True or False, not {tracking!r}")
         if tracking_prefixes is not None and not tracking:
@@ -233,7 +247,7 @@ class RedisBackplane(Backplane):
         Takes the URLs :meth:`RedisBackend.from_url <tieredcache.RedisBackend.from_url>`
         takes. ``options`` are this class's keyword arguments (``reconnect_backoff``,
         ``health_interval``, ``origin``, ``close_timeout``, ``tracking``,
-        ``tracking_prefixes``).
+        ``tracking_prefixes``, ``linger``).
 
         :raises ConfigurationError: an unsupported URL or a bad option.
         :raises BackendUnavailableError: a cluster could not be reached.
@@ -264,6 +278,11 @@ class RedisBackplane(Backplane):
     @property
     def origin(self) -> str:
         return self._origin
+
+    @property
+    def _own_prefix(self) -> bytes:
+        """How this backplane's messages begin (see :func:`encode_message`)."""
+        return b'{"o":' + json.dumps(self._origin).encode("ascii") + b","
 
     @property
     def connected(self) -> bool:
@@ -299,7 +318,15 @@ class RedisBackplane(Backplane):
 
     # -- publishing -------------------------------------------------------------------
 
-    def publish(self, kind: str, keys: t.Sequence[str], version: int = 0) -> bool:
+    def publish(
+        self,
+        kind: str,
+        keys: t.Sequence[str],
+        version: int = 0,
+        *,
+        entries: t.Mapping[str, bytes] | None = None,
+        previous: t.Mapping[str, int | None] | None = None,
+    ) -> bool:
         check_kind(kind)
         if isinstance(keys, (str, bytes)):
             raise ConfigurationError("keys must be a sequence of str, not a single str")
@@ -310,7 +337,8 @@ class RedisBackplane(Backplane):
         try:
             batch = [] if kind == "clear" else list(keys)
             count = len(batch)
-            self._client.publish(self._channel, encode_message(self._origin, kind, version, batch))
+            message = encode_message(self._origin, kind, version, batch, entries, previous)
+            self._client.publish(self._channel, message)
         except Exception as exc:  # a publish must never fail the caller's write
             self._count("publish_errors")
             self._log.warning(
@@ -324,41 +352,6 @@ class RedisBackplane(Backplane):
             return False
         self._count("published")
         return True
-
-    def shares_server(self, client: t.Any) -> bool:
-        """True if ``client`` (an L2's redis-py client) publishes where this backplane does,
-        so that a write and its announcement can go in one pipeline on ``client``."""
-        if self._closed or isinstance(self._client, redis.cluster.RedisCluster):
-            return False
-        if client is self._client:
-            return True
-        if isinstance(client, redis.cluster.RedisCluster):
-            return False
-        ours, theirs = describe(self._client), describe(client)
-        # Pub/sub channels are server-wide: the database number does not matter.
-        return ours.rpartition("/")[0] == theirs.rpartition("/")[0] and "://" in ours
-
-    def announcement(
-        self,
-        kind: str,
-        keys: t.Sequence[str],
-        version: int,
-        entries: t.Mapping[str, bytes] | None = None,
-    ) -> tuple[bytes, bytes, bool]:
-        """``(channel, message, carries_entries)``: the message :meth:`publish` would send,
-        for a caller that sends it itself (:meth:`RedisBackend.set_entries_announcing
-        <tieredcache.RedisBackend.set_entries_announcing>`), then reports it with
-        :meth:`sent`. A ``"set"`` carries the keys' encoded entries when every one of them
-        is at most :data:`~tieredcache.backplane.MAX_INLINE_ENTRY` bytes; receivers update
-        their L1 copies in place with them (older receivers ignore the field and evict)."""
-        check_kind(kind)
-        carried = inline_entries(kind, entries)
-        message = encode_message(self._origin, kind, version, list(keys), carried)
-        return self._channel.encode("utf-8"), message, carried is not None
-
-    def sent(self, ok: bool) -> None:
-        """Count an :meth:`announcement` the caller sent (``ok``) or failed to send."""
-        self._count("published" if ok else "publish_errors")
 
     # -- subscribing ------------------------------------------------------------------
 
@@ -467,21 +460,26 @@ class RedisBackplane(Backplane):
         with self._lock:
             self._counts["received"] += 1
             self._last_message_at = time.time()
+        if isinstance(data, bytes) and data.startswith(self._own_prefix):
+            self._count("ignored_own")  # ours (encode_message writes the origin first)
+            return
         try:
-            origin, kind, keys, version, entries = decode_message(data)
+            origin, kind, keys, version, entries, previous = decode_message(data)
         except ValueError as exc:
             self._count("malformed")
             self._log.warning(
                 "malformed", "backplane: ignoring a malformed message on %r: %s", self._channel, exc
             )
             return
-        own = origin == self._origin
-        self._count("ignored_own" if own else "delivered")
-        on_message = self._on_message
-        if own and on_message is None:
+        if origin == self._origin:
+            self._count("ignored_own")
             return
+        self._count("delivered")
+        on_message = self._on_message
         self._dispatch(
-            kind, keys, None if on_message is None else Message(own, kind, keys, version, entries)
+            kind,
+            keys,
+            None if on_message is None else Message(False, kind, keys, version, entries, previous),
         )
 
     def _tracked(self, data: t.Any) -> None:

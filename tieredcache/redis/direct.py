@@ -40,23 +40,30 @@ def pack(*args: bytes) -> bytes:
     return b"".join(parts)
 
 
-def pack_set(key: bytes, data: bytes, px: int | None) -> bytes:
+def pack_set(key: bytes, data: bytes, px: int | None, *, get: bool = False) -> bytes:
+    """``SET key data [PX px] [GET]`` in the Redis protocol (``GET``: the reply is the value
+    the key held before, Redis 6.2 or later)."""
     if px is None:
-        return b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        command = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
             len(key),
             key,
             len(data),
             data,
         )
-    ms = b"%d" % px
-    return b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n" % (
-        len(key),
-        key,
-        len(data),
-        data,
-        len(ms),
-        ms,
-    )
+    else:
+        ms = b"%d" % px
+        command = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n" % (
+            len(key),
+            key,
+            len(data),
+            data,
+            len(ms),
+            ms,
+        )
+    if get:  # one more argument: patch the count, append GET
+        count = 4 if px is None else 6
+        command = b"*%d" % count + command[2:] + b"$3\r\nGET\r\n"
+    return command
 
 
 class DirectCommands:

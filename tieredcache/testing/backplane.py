@@ -15,8 +15,11 @@ import typing as t
 from tieredcache.backplane import KINDS
 from tieredcache.backplane import Backplane
 from tieredcache.backplane import InvalidateCallback
+from tieredcache.backplane import Message
 from tieredcache.backplane import MessageCallback
 from tieredcache.backplane import ResetCallback
+from tieredcache.backplane import decode_message
+from tieredcache.backplane import encode_message
 from tieredcache.errors import ConfigurationError
 
 __all__ = ["LocalBackplane", "LocalBackplaneHub"]
@@ -43,7 +46,7 @@ class LocalBackplaneHub:
     def recover(self) -> None:
         self.failing = False
 
-    def _publish(self, sender: LocalBackplane, message: tuple[str, list[str]]) -> bool:
+    def _publish(self, sender: LocalBackplane, message: bytes) -> bool:
         with self._lock:
             if self.failing:
                 return False
@@ -63,21 +66,35 @@ class LocalBackplaneHub:
 
 
 class LocalBackplane(Backplane):
-    """One composition's end of a :class:`LocalBackplaneHub`."""
+    """One composition's end of a :class:`LocalBackplaneHub`. Messages travel encoded, as
+    :class:`~tieredcache.redis.backplane.RedisBackplane` sends them, entries included."""
+
+    carries_entries = True
 
     def __init__(self, hub: LocalBackplaneHub, origin: str) -> None:
         self._hub = hub
         self._origin = origin
-        self.inbox: list[tuple[str, list[str]]] = []
+        self.inbox: list[bytes] = []
         self._on_invalidate: InvalidateCallback | None = None
         self._on_reset: ResetCallback | None = None
+        self._on_message: MessageCallback | None = None
         self.published = 0
         self.received = 0
 
-    def publish(self, kind: str, keys: t.Sequence[str], version: int = 0) -> bool:
+    def publish(
+        self,
+        kind: str,
+        keys: t.Sequence[str],
+        version: int = 0,
+        *,
+        entries: t.Mapping[str, bytes] | None = None,
+        previous: t.Mapping[str, int | None] | None = None,
+    ) -> bool:
         if kind not in KINDS:
             raise ConfigurationError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
-        sent = self._hub._publish(self, (kind, [] if kind == "clear" else list(keys)))
+        batch = [] if kind == "clear" else list(keys)
+        message = encode_message(self._origin, kind, version, batch, entries, previous)
+        sent = self._hub._publish(self, message)
         if sent:
             self.published += 1
         return sent
@@ -89,18 +106,22 @@ class LocalBackplane(Backplane):
         *,
         on_message: MessageCallback | None = None,
     ) -> None:
-        """Subscribe; ``on_message`` is not used (this backplane delivers evictions only)."""
+        """Subscribe (``on_message``, when given, receives every message instead)."""
         if self._on_invalidate is not None:
             raise ConfigurationError("this backplane already has a subscriber")
         self._on_invalidate = on_invalidate
         self._on_reset = on_reset
+        self._on_message = on_message
 
     def deliver(self) -> int:
         """Deliver this member's waiting messages."""
         messages, self.inbox = self.inbox, []
-        for kind, keys in messages:
+        for data in messages:
             self.received += 1
-            if self._on_invalidate is not None:
+            _, kind, keys, version, entries, previous = decode_message(data)
+            if self._on_message is not None:
+                self._on_message(Message(False, kind, keys, version, entries, previous))
+            elif self._on_invalidate is not None:
                 self._on_invalidate(kind, keys)
         return len(messages)
 

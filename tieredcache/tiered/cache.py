@@ -50,7 +50,6 @@ from tieredcache.tiered.checks import WriteChecks
 from tieredcache.tiered.checks import check_policies
 from tieredcache.tiered.checks import layer_serializers
 from tieredcache.tiered.coherence import Listener
-from tieredcache.tiered.coherence import OwnWrites
 from tieredcache.tiered.features import CacheFeatures
 from tieredcache.tiered.l2gate import L2Gate
 from tieredcache.tiered.l2gate import PartialFailureHook
@@ -180,7 +179,6 @@ class TieredCache(CacheFeatures, Backend):
         # With a NullBackend as L2 the composition is an L1-only cache: L1 decides add/incr.
         self._l2_stores_nothing = isinstance(l2, NullBackend)
         self.backplane = backplane
-        self._own = OwnWrites(on_forget=lambda key: self._listener.on_invalidate("delete", [key]))
         self._gate = L2Gate(
             l2,
             l1,
@@ -191,7 +189,6 @@ class TieredCache(CacheFeatures, Backend):
             replay_limit=replay_limit,
             backplane=backplane,
             on_partial_failure=self._report_l2_partial,
-            own=self._own,
         )
         tag_seconds = validate_ttl(tag_ttl, name="tag_ttl")
         if tag_seconds is None or tag_seconds < 0:
@@ -228,7 +225,6 @@ class TieredCache(CacheFeatures, Backend):
             ordering=self._ordering,
             counters=self._counters,
             tag_index=self.tag_index,
-            own=self._own,
             events=events,
         )
         self._gate.events = events

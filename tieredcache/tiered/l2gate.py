@@ -69,7 +69,6 @@ if t.TYPE_CHECKING:
     from tieredcache.backends.base import Backend
     from tieredcache.backplane import Backplane
     from tieredcache.events import Events
-    from tieredcache.tiered.coherence import OwnWrites
 
 __all__ = ["CallWrapper", "L2Gate", "PartialFailureHook", "call_timeout"]
 
@@ -82,6 +81,8 @@ PartialFailureHook = t.Callable[[str, t.Sequence[str], BaseException], None]
 CallWrapper = t.Callable[[str, t.Callable[[], t.Any]], t.Any]
 """``wrapper(name, call)``: runs ``call()`` and returns its result."""
 
+#: Seconds the gate's worker waits for more work before its thread ends.
+WORKER_KEEP_ALIVE = 1.0
 #: Seconds close() and interpreter exit spend on a last replay and announcement.
 FLUSH_TIMEOUT = 2.0
 
@@ -121,7 +122,6 @@ class L2Gate:
         replay_limit: int = 10_000,
         backplane: Backplane | None = None,
         on_partial_failure: PartialFailureHook | None = None,
-        own: OwnWrites | None = None,
     ) -> None:
         self.l2 = l2
         self.l1 = l1
@@ -132,14 +132,12 @@ class L2Gate:
         self.replay_limit = replay_limit
         self.backplane = backplane
         self.on_partial_failure = on_partial_failure
-        self.own = own
-        #: Send a set and its announcement in one round trip (the backplane publishes on
-        #: the L2's server; see :meth:`RedisBackend.set_entries_announcing`).
-        self.inline = bool(
+        #: A set's announcement carries its entry and what it replaced in L2 (see
+        #: :mod:`tieredcache.tiered.coherence`): the L2 answers ``swap_entries``.
+        self.carries = bool(
             backplane is not None
-            and hasattr(l2, "set_entries_announcing")
-            and hasattr(backplane, "announcement")
-            and t.cast(t.Any, backplane).shares_server(getattr(l2, "client", None))
+            and backplane.carries_entries
+            and callable(getattr(l2, "swap_entries", None))
         )
         self.timeout = call_timeout(l2)
         self.log = RateLimitedLog(logger=logger)
@@ -147,7 +145,13 @@ class L2Gate:
         #: Where ``replay_done`` is emitted (set by the composition).
         self.events: Events | None = None
         self._last_failure = 0.0  # monotonic time of the last availability failure
-        self._worker = RetryWorker("tieredcache-l2gate", self._has_work, self._attempt)
+        self._worker = RetryWorker(
+            "tieredcache-l2gate",
+            self._has_work,
+            self._attempt,
+            due=self._announce_due,
+            keep_alive=WORKER_KEEP_ALIVE,
+        )
         self._init_process_state()
         if breaker is not None:
             breaker.on_close(self.wake)
@@ -160,7 +164,8 @@ class L2Gate:
         # its worker thread does not exist here.
         self._local = threading.local()
         self._queue.after_fork()
-        self._announce = Announcements()
+        backplane = self.backplane
+        self._announce = Announcements(0.0 if backplane is None else backplane.linger)
         self._worker.after_fork()
 
     # -- calls --------------------------------------------------------------------------
@@ -368,18 +373,7 @@ class L2Gate:
 
         def op(live: list[str]) -> None:
             chosen = {k: items[k] for k in live}
-            if self.own is not None:
-                self.own.mark(live, seq)
-            if self.inline:  # the write and its announcement in one round trip
-                self._write(
-                    "set",
-                    live,
-                    seq,
-                    set_replay(items),
-                    lambda: self._set_announcing(chosen, seq),
-                    announced=True,
-                )
-            else:
+            if not self.carries:
                 self._write(
                     "set",
                     live,
@@ -387,6 +381,24 @@ class L2Gate:
                     set_replay(items),
                     lambda: self.call(self.l2.set_entries, chosen),
                 )
+                return
+            swapped = self._write(
+                "set",
+                live,
+                seq,
+                set_replay(items),
+                lambda: self.call(t.cast(t.Any, self.l2).swap_entries, chosen),
+                announce=False,
+            )
+            if swapped is not None:
+                self._announce.add_updates(
+                    {
+                        key: (data, chosen[key].version, previous)
+                        for key, (data, previous) in swapped.items()
+                    },
+                    seq,
+                )
+                self._worker.ensure()
 
         return op
 
@@ -409,11 +421,12 @@ class L2Gate:
         replay: ReplayFactory,
         send: t.Callable[[], T],
         *,
-        announced: bool = False,
+        announce: bool = True,
     ) -> T | None:
         """Run ``send()`` (the L2 calls of a write of ``live`` at ``seq``); once it landed,
-        supersede older queued replays and announce it (unless ``announced``: it went out
-        with the write); when L2 is unavailable, queue it for replay (fail-open) or raise."""
+        supersede older queued replays and announce it (unless ``announce`` is false: the
+        caller announces it); when L2 is unavailable, queue it for replay (fail-open) or
+        raise."""
         try:
             if self._failed_while_waiting():
                 raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
@@ -421,10 +434,10 @@ class L2Gate:
         except BackendUnavailableError as exc:
             self._unavailable(live, seq, exc, replay)
             return None
-        if announced:
-            self._supersede(live, seq, announced=True)
-        else:
+        if announce:
             self.landed(kind, live, seq)
+        else:
+            self._supersede(live, seq)
         return result
 
     def touch_op(
@@ -443,33 +456,13 @@ class L2Gate:
 
         return op
 
-    def _set_announcing(self, chosen: dict[str, Entry], seq: int) -> None:
-        """Write ``chosen`` and announce it in one pipeline; the message carries the entries
-        when they are small, and is then sent in one transaction with the writes."""
-        backplane = t.cast(t.Any, self.backplane)
-        keys = list(chosen)
-
-        def announcement(payloads: dict[str, bytes]) -> tuple[bytes, bytes, bool]:
-            result: tuple[bytes, bytes, bool] = backplane.announcement("set", keys, seq, payloads)
-            return result
-
-        try:
-            self.call(t.cast(t.Any, self.l2).set_entries_announcing, chosen, announcement)
-        except BaseException:
-            backplane.sent(False)
-            raise
-        backplane.sent(True)
-
     def landed(self, kind: str, keys: t.Sequence[str], seq: int) -> None:
         """Writes of ``keys`` at ``seq`` reached L2: supersede older queued ones, announce."""
         self._supersede(keys, seq)
         self.announce(kind, keys, seq)
 
-    def _supersede(self, keys: t.Sequence[str], seq: int, *, announced: bool = False) -> None:
-        """Drop queued replays of ``keys`` older than ``seq`` (and queued announcements,
-        when this write was announced with itself)."""
-        if announced:
-            self._announce.drop(keys, seq)
+    def _supersede(self, keys: t.Sequence[str], seq: int) -> None:
+        """Drop queued replays of ``keys`` older than ``seq``."""
         if self._queue:
             self._queue.supersede(keys, seq)
             self.wake()
@@ -571,6 +564,10 @@ class L2Gate:
     def wake(self) -> None:
         """Ask the worker to try L2 now (the tier answers again)."""
         self._worker.wake()
+
+    def _announce_due(self) -> float:
+        # Replays are tried at once; announcements may wait for their linger.
+        return 0.0 if self._queue else self._announce.due()
 
     def _has_work(self) -> bool:
         return bool(self._queue) or bool(self._announce)

@@ -4,10 +4,11 @@ The retry worker
 
 :class:`RetryWorker` runs a composition's background work that waits for L2 to answer
 (replays of failed writes, announcements): a non-daemon thread that exists only while there
-is work, retries with backoff (50 ms doubling to 1 s) after an attempt that could not finish,
-and is woken at once when L2 answers again. It is stopped, and joined with a bound, by
-:meth:`RetryWorker.stop` (the composition's ``close()`` and the lifecycle's exit hook);
-:meth:`RetryWorker.after_fork` forgets the parent's thread in a forked child.
+is work (and a short ``keep_alive`` after it), retries with backoff (50 ms doubling to 1 s)
+after an attempt that could not finish, and is woken at once when L2 answers again. It is
+stopped, and joined with a bound, by :meth:`RetryWorker.stop` (the composition's
+``close()`` and the lifecycle's exit hook); :meth:`RetryWorker.after_fork` forgets the
+parent's thread in a forked child.
 """
 
 from __future__ import annotations
@@ -30,14 +31,25 @@ class RetryWorker:
     :param name: the thread's name.
     :param pending: True while there is work (called without any lock of the caller's).
     :param attempt: does one round of the work; True if it finished everything it tried.
+    :param due: seconds until the pending work should be done (work that may wait to be
+        done together with later work); ``None``: at once. :meth:`wake` cuts the wait short.
+    :param keep_alive: seconds the thread waits for more work before it ends (a steady
+        trickle of work then needs no new thread per item).
     """
 
     def __init__(
-        self, name: str, pending: t.Callable[[], bool], attempt: t.Callable[[], bool]
+        self,
+        name: str,
+        pending: t.Callable[[], bool],
+        attempt: t.Callable[[], bool],
+        due: t.Callable[[], float] | None = None,
+        keep_alive: float = 0.0,
     ) -> None:
         self.name = name
         self.pending = pending
         self.attempt = attempt
+        self.due = due
+        self.keep_alive = keep_alive
         #: Off: nothing runs in the background (tests drive the work by hand).
         self.background = True
         self.after_fork()
@@ -46,8 +58,10 @@ class RetryWorker:
         """Start afresh (also in a forked child, where the parent's thread does not exist)."""
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
+        self._work = threading.Condition(self._lock)  # new work for an idle thread
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._hurry = False
         self._idle = threading.Event()
         self._idle.set()
 
@@ -67,25 +81,41 @@ class RetryWorker:
                 thread = threading.Thread(target=self._run, name=self.name, daemon=False)
                 self._thread = thread
                 thread.start()
+            else:
+                self._work.notify_all()
 
     def wake(self) -> None:
         """Try now instead of after the backoff (L2 answers again)."""
         if self.pending():
             self.ensure()
             with self._lock:
+                self._hurry = True
                 self._wakeup.notify_all()
 
     def _run(self) -> None:
         first, most = RETRY_BACKOFF
         delay = 0.0
+        waited = idled = False
         while True:
             with self._lock:
                 if delay:
                     self._wakeup.wait(delay)
                 if self._closed or not self.pending():
-                    self._thread = None
                     self._idle.set()
-                    return
+                    if self._closed or idled or self.keep_alive <= 0:
+                        self._thread = None
+                        return
+                    self._work.wait(self.keep_alive)  # ensure() or stop() notifies
+                    idled, delay = True, 0.0
+                    continue
+                idled = False
+                if not waited and not self._hurry and self.due is not None:
+                    wait = self.due()
+                    if wait > 0:
+                        self._wakeup.wait(wait)
+                        waited, delay = True, 0.0
+                        continue  # closed or woken meanwhile: look again
+                waited = self._hurry = False
             try:
                 finished = self.attempt()
             except Exception:  # never let the worker die with work queued
@@ -102,6 +132,7 @@ class RetryWorker:
         with self._lock:
             self._closed = True
             self._wakeup.notify_all()
+            self._work.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
