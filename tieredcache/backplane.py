@@ -5,12 +5,11 @@ Backplane
 A backplane keeps the in-process L1 of many processes coherent: after a process writes,
 deletes, touches or clears keys, it publishes one small notification, and every *other*
 process evicts those keys from its L1 (it re-reads them from the shared L2 on the next
-access). A ``"set"`` written through a Redis L2 on the backplane's server is announced in
-the write's own ``MULTI``/``EXEC`` and may carry the new entries (see
-:meth:`RedisBackplane.announcement
-<tieredcache.redis.backplane.RedisBackplane.announcement>`): a process holding such a key
-replaces its copy in order instead of evicting it (:mod:`tieredcache.tiered.coherence`).
-Every other message carries keys only.
+access). A ``"set"`` written through an L2 that reports what each write replaced (the
+Redis backend's ``SET ... GET``) may carry the new entries with the versions they replaced:
+a process holding exactly the replaced entry replaces its copy instead of evicting it, in
+any order of delivery (:mod:`tieredcache.tiered.coherence`). Every other message carries
+keys only.
 
 :class:`Backplane` is the protocol a composition talks to, and this module defines the
 messages every implementation sends; :class:`~tieredcache.redis.backplane.RedisBackplane`
@@ -19,8 +18,10 @@ implements it with Redis pub/sub (importable from here too, for compatibility).
 Messages
 --------
 
-One ``PUBLISH`` per operation on one channel (``"tieredcache:invalidate"`` by default), all
-keys of a batch operation in one message. The payload is compact ASCII JSON::
+One ``PUBLISH`` per message on one channel (``"tieredcache:invalidate"`` by default). A
+composition holds what it has to announce for at most the backplane's ``linger`` (5 ms for
+a :class:`~tieredcache.redis.backplane.RedisBackplane`) and sends it together: one message
+per kind, the keys of every write of that time. The payload is compact ASCII JSON::
 
     {"o":"5f0c9a1e6b2d4c73","k":"delete","v":1718000000000000000,"keys":["a","b"]}
 
@@ -28,8 +29,10 @@ keys of a batch operation in one message. The payload is compact ASCII JSON::
 the kind (``"set"``, ``"delete"``, ``"touch"`` or ``"clear"``; ``keys`` is empty for
 ``"clear"``), ``v`` the write version and ``keys`` the cache's own keys (before any backend
 prefix). A ``"set"`` may add ``"e"``: ``{key: base64 of the encoded entry}`` (each at
-most :data:`MAX_INLINE_ENTRY` bytes, signed like L2 payloads when the serializer signs);
-receivers that do not know the field ignore it and evict. Unknown fields are ignored. A
+most :data:`MAX_INLINE_ENTRY` bytes, signed like L2 payloads when the serializer signs) and
+``"p"``: ``{key: the version of the entry the write replaced in L2}`` (a key missing from
+``"p"``: unknown). Receivers that do not know the fields ignore them and evict, and entries
+without ``"p"`` only evict. Unknown fields are ignored. A
 well-formed message of an unknown kind is delivered conservatively: as
 ``"delete"`` of its keys, or as ``"clear"`` when it has none. A malformed message is
 counted, logged and ignored.
@@ -39,12 +42,14 @@ Staleness bound
 
 After a write in process A (L2 first, then the publish), process B's L1 stops serving the
 old value as soon as B's subscriber thread has received the message and run the callback.
+A composition sends its announcements at most ``linger`` after the write (5 ms by default;
+``linger=0`` sends each at once), which adds to the figures below.
 For a :class:`~tieredcache.redis.backplane.RedisBackplane`, measured on loopback (Redis 7.0,
 redis-py 8.1, CPython 3.11, 2 vCPUs) from the call to ``publish()`` to the return of
 ``on_invalidate`` in another process: **p50 ≈ 0.2 ms, p99 ≈ 0.5 ms** (300 messages, two
 subscriber processes); between two backplanes of one process, p50 ≈ 0.08 ms, p99 ≈ 0.3 ms
 (500 messages). From the start of a ``TieredCache.set`` (L2 write, then publish) to the
-eviction in the other processes: under 3 ms. ``tests/test_backplane.py`` measures these
+eviction in the other processes: under 3 ms with ``linger=0``, plus the linger otherwise. ``tests/test_backplane.py`` measures these
 figures on every run and prints them (``pytest -rP``).
 
 The eviction must also stop refills already in flight: a read in B that fetched the old
