@@ -49,8 +49,8 @@ redis-py 8.1, CPython 3.11, 2 vCPUs) from the call to ``publish()`` to the retur
 ``on_invalidate`` in another process: **p50 ≈ 0.2 ms, p99 ≈ 0.5 ms** (300 messages, two
 subscriber processes); between two backplanes of one process, p50 ≈ 0.08 ms, p99 ≈ 0.3 ms
 (500 messages). From the start of a ``TieredCache.set`` (L2 write, then publish) to the
-eviction in the other processes: under 3 ms with ``linger=0``, plus the linger otherwise. ``tests/test_backplane.py`` measures these
-figures on every run and prints them (``pytest -rP``).
+eviction in the other processes: under 3 ms with ``linger=0``, plus the linger otherwise.
+``tests/test_backplane.py`` measures these figures on every run and prints them (``pytest -rP``).
 
 The eviction must also stop refills already in flight: a read in B that fetched the old
 value from L2 just before A's write would otherwise put it back into L1 after the eviction.

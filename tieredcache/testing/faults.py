@@ -7,10 +7,12 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import typing as t
+import weakref
 
 from tieredcache.backends.base import Backend
 from tieredcache.entry import Entry
 from tieredcache.errors import BackendUnavailableError
+from tieredcache.serializers import EntryCodec
 
 __all__ = ["FaultyBackend", "ManualExecutor"]
 
@@ -18,13 +20,30 @@ __all__ = ["FaultyBackend", "ManualExecutor"]
 READS = frozenset({"get"})
 WRITES = frozenset({"set", "add", "delete", "incr", "touch", "clear"})
 
+#: One lock per wrapped store, shared by every wrapper of it: a swap is atomic.
+_STORE_LOCKS: weakref.WeakKeyDictionary[Backend, threading.RLock] = weakref.WeakKeyDictionary()
+_STORE_LOCKS_GUARD = threading.Lock()
+
+
+def _store_lock(inner: Backend) -> threading.RLock:
+    with _STORE_LOCKS_GUARD:
+        lock = _STORE_LOCKS.get(inner)
+        if lock is None:
+            lock = _STORE_LOCKS[inner] = threading.RLock()
+        return lock
+
 
 class FaultyBackend(Backend):
     """Wraps a backend; each operation may be made to fail or to wait for a gate.
 
     Operations are named ``get``, ``set``, ``add``, ``delete``, ``incr``, ``touch`` and
-    ``clear`` (batch forms count as their single form). Every call is recorded in
-    :attr:`calls` as ``(operation, keys)``. Thread-safe.
+    ``clear`` (batch forms count as their single form; ``swap_entries`` is a ``set``).
+    Every call is recorded in :attr:`calls` as ``(operation, keys)``. Thread-safe.
+
+    Like the Redis backend, the wrapper answers ``swap_entries`` (a set that reports the
+    version of each entry it replaced, see :mod:`tieredcache.tiered.coherence`), so that
+    compositions over it announce steps on a backplane; writes through every wrapper of
+    one store are serialized, so a swap is atomic among them.
 
     :param inner: the backend that really stores.
     :param name: a name for errors and the call log.
@@ -36,6 +55,9 @@ class FaultyBackend(Backend):
         self.label = name
         self.local = inner.local
         self.serializer = getattr(inner, "serializer", None)
+        #: Encodes the entries a swap reports (the inner store's codec, if it has one).
+        self.codec: EntryCodec = getattr(inner, "codec", None) or EntryCodec()
+        self._store = _store_lock(inner)
         self._lock = threading.Lock()
         self._failing: dict[str, BaseException | None] = {}
         self._gates: dict[str, threading.Event] = {}
@@ -110,41 +132,65 @@ class FaultyBackend(Backend):
 
     def set_entry(self, key: str, entry: Entry) -> None:
         self._enter("set", [key])
-        self.inner.set_entry(key, entry)
+        with self._store:
+            self.inner.set_entry(key, entry)
 
     def set_entries(self, items: t.Mapping[str, Entry]) -> None:
         self._enter("set", list(items))
-        self.inner.set_entries(items)
+        with self._store:
+            self.inner.set_entries(items)
+
+    def swap_entries(self, items: t.Mapping[str, Entry]) -> dict[str, tuple[bytes, int | None]]:
+        """Store ``items``; per key, its encoded entry and the version it replaced."""
+        self._enter("set", list(items))
+        swap = getattr(self.inner, "swap_entries", None)
+        if swap is not None:
+            swapped: dict[str, tuple[bytes, int | None]] = swap(items)
+            return swapped
+        with self._store:
+            before = self.inner.get_entries(list(items))
+            self.inner.set_entries(items)
+        return {
+            key: (self.codec.encode(entry), None if key not in before else before[key].version)
+            for key, entry in items.items()
+        }
 
     def add_entry(self, key: str, entry: Entry) -> bool:
         self._enter("add", [key])
-        return self.inner.add_entry(key, entry)
+        with self._store:
+            return self.inner.add_entry(key, entry)
 
     def delete(self, key: str) -> bool:
         self._enter("delete", [key])
-        return self.inner.delete(key)
+        with self._store:
+            return self.inner.delete(key)
 
     def delete_many(self, keys: t.Iterable[str]) -> int:
         keys = list(keys)
         self._enter("delete", keys)
-        return self.inner.delete_many(keys)
+        with self._store:
+            return self.inner.delete_many(keys)
 
     def delete_each(self, keys: t.Iterable[str]) -> list[str]:
         keys = list(keys)
         self._enter("delete", keys)
-        return self.inner.delete_each(keys)
+        with self._store:
+            return self.inner.delete_each(keys)
 
     def incr(self, key: str, delta: int = 1) -> int:
         self._enter("incr", [key])
-        return self.inner.incr(key, delta)
+        with self._store:
+            return self.inner.incr(key, delta)
 
     def touch_entry(self, key: str, expires_at: float | None) -> bool:
         self._enter("touch", [key])
-        return self.inner.touch_entry(key, expires_at)
+        with self._store:
+            return self.inner.touch_entry(key, expires_at)
 
     def clear(self) -> None:
         self._enter("clear", [])
-        self.inner.clear()
+        with self._store:
+            self.inner.clear()
 
     def close(self) -> None:
         self.inner.close()
