@@ -13,9 +13,10 @@ orders. It checks, after every step:
   process whose write of a key is the newest one reads exactly it;
 - convergence: after a full sync (recover, replay, announce, deliver) both processes read
   what L2 holds, and L2 holds what last-writer-wins by version gives: a late replay never
-  overwrites a newer *write* of the other process. A delete leaves no version behind, so a
-  set of another process that waited for replay may land after it (the documented limit of
-  fail-open across processes); the model allows exactly that and nothing more.
+  overwrites a newer *write* of the other process. A delete leaves no version behind, and
+  nor does a newer write that has expired, so a set of another process that waited for
+  replay may land after either (the documented limit of fail-open across processes); the
+  model allows exactly that and nothing more.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ class FaultMachine(RuleBasedStateMachine):
 
     def _replay_lands(self, key: str, write: Write) -> None:
         current = self.l2.get(key)
-        if current is None or current.order < write.order:
+        # An expired entry leaves no version behind in L2, as a delete does not.
+        if current is None or current.order < write.order or self._live(current) is None:
             self._land(key, write)
 
     def _live(self, write: Write) -> int | None:
