@@ -108,7 +108,7 @@ class MultiprocessConfig:
     keys: int = 5000
     zipf_s: float = 1.1
     size: int = 256
-    ops: int = 6000
+    ops: int = 60000
     subjects: tuple[str, ...] = ()
     cell_seconds: float = 60.0
     redis_url: str | None = None

@@ -9,8 +9,10 @@ reconnects with backoff) instead of being silently re-established by the driver.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
+import socket
 import threading
 import time
 import typing as t
@@ -23,13 +25,16 @@ import redis.exceptions
 import redis.retry
 
 from tieredcache.errors import ConfigurationError
+from tieredcache.redis.frames import FrameReader
 
 if t.TYPE_CHECKING:
     from tieredcache.tracking import ServerTracking
 
 __all__ = [
     "REDIS_MAJOR",
+    "DriverSource",
     "PrivateConnectionPool",
+    "SocketSource",
     "backoff_delay",
     "check_backoff",
     "dispose",
@@ -148,11 +153,13 @@ def run_subscription(
         pubsub = None
         try:
             pubsub = new_pubsub()
-            if not _confirm(pubsub, stop, channels, poll_interval, confirm_timeout):
+            pubsub.subscribe(*channels)
+            source = SocketSource.of(pubsub, poll_interval) or DriverSource(pubsub, poll_interval)
+            if not _confirm(source, stop, channels, confirm_timeout):
                 break
             failures = 0
             on_active()
-            _listen(pubsub, stop, on_message, poll_interval, health_interval, connection)
+            _listen(source, pubsub, stop, on_message, health_interval, connection)
         except Exception as exc:
             if stop.is_set():
                 break  # closed while connecting or reading: not a failure
@@ -166,19 +173,82 @@ def run_subscription(
             stop.wait(backoff_delay(backoff, failures))
 
 
+class DriverSource:
+    """The messages of a subscribed ``PubSub``, read through the driver."""
+
+    def __init__(self, pubsub: t.Any, poll_interval: float) -> None:
+        self._pubsub = pubsub
+        self._poll = poll_interval
+
+    def next(self) -> dict[str, t.Any] | None:
+        """The next message, or ``None`` after ``poll_interval`` seconds without one."""
+        message: dict[str, t.Any] | None = self._pubsub.get_message(timeout=self._poll)
+        return message
+
+
+class SocketSource:
+    """The messages of a subscribed ``PubSub``, read straight from its socket with a
+    :class:`~tieredcache.redis.frames.FrameReader`: one ``recv`` takes every message that
+    has arrived, where the driver makes several calls per message. Only for a connection
+    that the driver has not read from since ``SUBSCRIBE`` was sent (RESP2 or RESP3)."""
+
+    def __init__(self, sock: t.Any, poll_interval: float) -> None:
+        self._sock = sock
+        self._reader = FrameReader()
+        self._ready: collections.deque[t.Any] = collections.deque()
+        sock.settimeout(poll_interval)
+
+    @classmethod
+    def of(cls, pubsub: t.Any, poll_interval: float) -> SocketSource | None:
+        """A source on ``pubsub``'s connection, or ``None`` when it cannot have one."""
+        connection = getattr(pubsub, "connection", None)
+        sock = getattr(connection, "_sock", None)
+        if sock is None or str(getattr(connection, "protocol", 2) or 2) not in ("2", "3"):
+            return None
+        return cls(sock, poll_interval)
+
+    def next(self) -> dict[str, t.Any] | None:
+        """The next message, or ``None`` after ``poll_interval`` seconds without one.
+
+        :raises redis.exceptions.ConnectionError: the connection closed or failed.
+        """
+        if not self._ready:
+            try:
+                data = self._sock.recv(65536)
+            except (socket.timeout, BlockingIOError):
+                return None
+            except OSError as exc:
+                raise redis.exceptions.ConnectionError(f"reading the subscription: {exc}") from exc
+            if not data:
+                raise redis.exceptions.ConnectionError("the server closed the connection")
+            self._reader.feed(data)
+            self._ready.extend(self._reader.frames())
+            if not self._ready:
+                return None
+        frame = self._ready.popleft()
+        if isinstance(frame, Exception):
+            raise frame
+        if frame in (b"PONG", "PONG"):  # RESP3 answers a PING with a plain reply
+            return {"type": "pong", "pattern": None, "channel": None, "data": b""}
+        if not isinstance(frame, list) or not frame or not isinstance(frame[0], bytes):
+            raise redis.exceptions.ConnectionError(f"unexpected frame {frame!r:.80}")
+        kind = frame[0].decode("ascii", "replace").lower()
+        channel = frame[1] if len(frame) > 1 else None
+        data = frame[-1] if len(frame) > 2 else None
+        return {"type": kind, "pattern": None, "channel": channel, "data": data}
+
+
+Source = t.Union[DriverSource, SocketSource]
+
+
 def _confirm(
-    pubsub: t.Any,
-    stop: threading.Event,
-    channels: t.Sequence[str],
-    poll_interval: float,
-    timeout: float,
+    source: Source, stop: threading.Event, channels: t.Sequence[str], timeout: float
 ) -> bool:
-    """Subscribe and wait for the server's confirmations; False if stopped meanwhile."""
-    pubsub.subscribe(*channels)
+    """Wait for the server's confirmations of SUBSCRIBE; False if stopped meanwhile."""
     confirmed = 0
     deadline = time.monotonic() + timeout
     while not stop.is_set():
-        message = pubsub.get_message(timeout=poll_interval)
+        message = source.next()
         if message is not None and message.get("type") == "subscribe":
             confirmed += 1
             if confirmed == len(channels):
@@ -189,17 +259,17 @@ def _confirm(
 
 
 def _listen(
+    source: Source,
     pubsub: t.Any,
     stop: threading.Event,
     on_message: t.Callable[[dict[str, t.Any]], None],
-    poll_interval: float,
     interval: float | None,
     connection: str,
 ) -> None:
     last_traffic = time.monotonic()
     ping_sent_at: float | None = None
     while not stop.is_set():
-        message = pubsub.get_message(timeout=poll_interval)
+        message = source.next()
         now = time.monotonic()
         if message is None:
             if interval is None:
