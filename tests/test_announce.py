@@ -202,3 +202,20 @@ def test_compositions_over_a_faulty_store_update_each_other_in_place() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_the_held_version_is_read_without_counting_a_read() -> None:
+    from tieredcache import MemoryBackend
+    from tieredcache.entry import Entry
+    from tieredcache.testing.clock import FakeClock
+
+    clock = FakeClock(1000.0)
+    l1 = MemoryBackend(timer=clock)
+    l1.set_entry("k", Entry("v", 1001.0, 7))
+    before = l1.stats()
+    assert l1.held_version("k") == 7
+    assert l1.held_version("other") is None
+    after = l1.stats()
+    assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
+    clock.advance(1.0)
+    assert l1.held_version("k") is None  # expired

@@ -121,6 +121,15 @@ class MemoryBackend(Backend):
 
     # -- reads: no lock ---------------------------------------------------------------
 
+    def held_version(self, key: str) -> int | None:
+        """The version of the unexpired entry held for ``key`` (``None``: none), without
+        counting a read or refreshing its place in the eviction order (for housekeeping,
+        such as applying coherence messages)."""
+        entry = self._data.get(key)
+        if entry is None or (entry.expires_at is not None and entry.expires_at <= self.timer()):
+            return None
+        return entry.version
+
     def get_entry(self, key: str) -> Entry | None:
         # The hit path is the point of an L1: one dict read, one clock read, one append to
         # the read buffer and one atomic count. Everything else is off this path.

@@ -85,9 +85,16 @@ class MultiprocessReport:
         """The tables of the docs page."""
         return multiprocess_rst(dataclasses.asdict(self))
 
-    def write(self, directory: str) -> list[str]:
-        """Write ``multiprocess.json`` and ``multiprocess.md``."""
-        return _write_texts(directory, "multiprocess", self.to_json(), self.to_markdown())
+    def write(self, directory: str, *, plot: bool = True) -> list[str]:
+        """Write ``multiprocess.json``, ``multiprocess.md`` and (with matplotlib)
+        ``multiprocess.png``."""
+        from tieredcache.bench.multiprocess_plot import plot_multiprocess
+
+        written = _write_texts(directory, "multiprocess", self.to_json(), self.to_markdown())
+        path = os.path.join(directory, "multiprocess.png")
+        if plot and plot_multiprocess(dataclasses.asdict(self), path):
+            written.append(path)
+        return written
 
 
 def size_label(size: int) -> str:

@@ -50,13 +50,20 @@ logger = logging.getLogger("tieredcache")
 def apply_message(cache: TieredCache, message: Message) -> int:
     """Apply another process's ``message`` to ``cache``'s L1; how many keys were updated
     in place (the others were evicted, or left alone when not held)."""
-    keys = message.keys
     steps = message.previous or {}
     carried = message.entries if message.previous is not None else {}
     codec = getattr(cache.l2, "codec", None)
     updated = 0
     gate = cache.gate
     l1 = cache.l1
+    held_version = _held_version(l1)
+    # A key neither held nor read or written right now needs nothing: whatever reads it
+    # later starts after this write reached L2. (In flight first, then held: a read that
+    # began before the write may be refilling L1 now.)
+    busy = cache.ordering.busy(message.keys)
+    keys = [k for k in message.keys if k in busy or held_version(k) is not None]
+    if not keys:
+        return 0
 
     def op(live: list[str]) -> None:
         nonlocal updated
@@ -64,7 +71,7 @@ def apply_message(cache: TieredCache, message: Message) -> int:
         now = cache.timer()
         evict: list[str] = []
         for key in live:
-            held = l1.get_entry(key)
+            held = held_version(key)
             if held is None:
                 continue  # not held here: messages never insert
             data = carried.get(key)
@@ -73,16 +80,16 @@ def apply_message(cache: TieredCache, message: Message) -> int:
                 or codec is None
                 or state_of[key].writers > 1  # a local write of the key is in flight
                 or gate.pending(key)
-                or (held.version != steps.get(key) and held.version != _version_in(data))
+                or (held != steps.get(key) and held != _version_in(data))
             ):
                 evict.append(key)  # neither a step from the held entry nor the held entry
                 continue
             entry = _decode(codec, key, data)
             if entry is None or (entry.expires_at is not None and entry.expires_at <= now):
                 evict.append(key)
-            elif entry.version == held.version:
+            elif entry.version == held:
                 continue  # already this entry
-            elif held.version != steps.get(key):
+            elif held != steps.get(key):
                 evict.append(key)
             else:
                 try:
@@ -97,6 +104,19 @@ def apply_message(cache: TieredCache, message: Message) -> int:
     with cache.ordering.write(keys, next_version(), legs=1) as slot:
         slot.run(L1, op)
     return updated
+
+
+def _held_version(l1: Backend) -> t.Callable[[str], int | None]:
+    """How to read the version ``l1`` holds for a key (without counting a read if it can)."""
+    peek = getattr(l1, "held_version", None)
+    if callable(peek):
+        return t.cast("t.Callable[[str], int | None]", peek)
+
+    def held(key: str) -> int | None:
+        entry = l1.get_entry(key)
+        return None if entry is None else entry.version
+
+    return held
 
 
 def _version_in(data: bytes) -> int | None:

@@ -129,6 +129,12 @@ class Ordering:
         if state.writers == 0 and state.readers == 0 and self._states.get(key) is state:
             del self._states[key]
 
+    def busy(self, keys: t.Iterable[str]) -> set[str]:
+        """The keys of ``keys`` with a read or write in flight."""
+        with self._lock:
+            states = self._states
+            return {key for key in keys if key in states}
+
     def refill_allowed(self, token: ReadToken) -> bool:
         """True if no write of the key began since the read did, none runs, and no clear."""
         state, issued, epoch = token
