@@ -63,6 +63,8 @@ from tieredcache.redis.connect import DRIVER_ERRORS
 from tieredcache.redis.connect import close_all
 from tieredcache.redis.connect import connect_url
 from tieredcache.redis.connect import describe
+from tieredcache.redis.publisher import Publisher
+from tieredcache.redis.publisher import check_linger
 from tieredcache.redis.pubsub import check_backoff
 from tieredcache.redis.pubsub import positive
 from tieredcache.redis.pubsub import private_pubsub
@@ -155,15 +157,7 @@ class RedisBackplane(Backplane):
         tracking_prefixes: t.Sequence[str] | None = None,
         linger: float = 0.005,
     ) -> None:
-        if (
-            not isinstance(linger, (int, float))
-            or isinstance(linger, bool)
-            or not (0 <= linger <= 1)
-        ):
-            raise ConfigurationError(
-                f"linger must be a number of seconds in [0, 1], not {linger!r}"
-            )
-        self.linger = float(linger)
+        self.linger = check_linger(linger)
         if not isinstance(tracking, bool):
             raise ConfigurationError(f"tracking must be True or False, not {tracking!r}")
         if tracking_prefixes is not None and not tracking:
@@ -204,6 +198,7 @@ class RedisBackplane(Backplane):
                 close_timeout=close_timeout,
             )
         self._channel = channel
+        self._publisher = Publisher(client, channel)
         self._backoff = (float(first), float(most))
         self._health_interval = None if health_interval is None else float(health_interval)
         self._close_timeout = float(close_timeout)
@@ -338,7 +333,7 @@ class RedisBackplane(Backplane):
             batch = [] if kind == "clear" else list(keys)
             count = len(batch)
             message = encode_message(self._origin, kind, version, batch, entries, previous)
-            self._client.publish(self._channel, message)
+            self._publisher.send(message)
         except Exception as exc:  # a publish must never fail the caller's write
             self._count("publish_errors")
             self._log.warning(
@@ -555,6 +550,7 @@ class RedisBackplane(Backplane):
         if self._cluster_tracking is not None:
             spent = time.monotonic() - started
             self._cluster_tracking.close(max(0.0, self._close_timeout - spent))
+        self._publisher.close()
         close_all(closers)
 
     def _after_fork_in_child(self) -> None:

@@ -41,7 +41,6 @@ from tieredcache import lifecycle
 from tieredcache.breaker import CircuitBreaker
 from tieredcache.breaker import CircuitOpenError
 from tieredcache.entry import Entry
-from tieredcache.errors import BackendError
 from tieredcache.errors import BackendResponseError
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.events import REPLAY_DONE
@@ -50,7 +49,6 @@ from tieredcache.ratelog import RateLimitedLog
 from tieredcache.stats import TIERED_INDEX
 from tieredcache.stats import Counters
 from tieredcache.tiered.announce import Announcements
-from tieredcache.tiered.ordering import L1
 from tieredcache.tiered.ordering import L2
 from tieredcache.tiered.ordering import KeyBusyError
 from tieredcache.tiered.ordering import Leg
@@ -60,7 +58,7 @@ from tieredcache.tiered.replay import ReplayFactory
 from tieredcache.tiered.replay import ReplayItem
 from tieredcache.tiered.replay import ReplayQueue
 from tieredcache.tiered.replay import delete_replay
-from tieredcache.tiered.replay import replay_op
+from tieredcache.tiered.replay import run_replays
 from tieredcache.tiered.replay import set_replay
 from tieredcache.tiered.replay import touch_replay
 from tieredcache.tiered.worker import RetryWorker
@@ -307,6 +305,11 @@ class L2Gate:
                 found[key] = entry.replace(expires_at=expires_at)
         return found
 
+    @property
+    def queue(self) -> ReplayQueue:
+        """The writes waiting for replay."""
+        return self._queue
+
     def pending(self, key: str) -> bool:
         """True if a failed write of ``key`` waits for replay (L2 holds an older value)."""
         return key in self._queue
@@ -486,54 +489,9 @@ class L2Gate:
 
         Emits ``replay_done`` (see :mod:`tieredcache.events`) once the queue is empty.
         """
-        landed = self._replay()
+        landed = run_replays(self)
         if landed and not self._queue and self.events is not None:
             self.events.emit(REPLAY_DONE, replayed=landed)
-        return landed
-
-    def _replay(self) -> int:
-        landed = 0
-        for key, item in self._queue.snapshot():
-            with self.ordering.write([key], item.seq) as slot:
-                if not self._queue.begin(key, item):
-                    continue  # superseded meanwhile by a newer write, or being replayed
-                done = True
-                try:
-                    ran = slot.run(
-                        L2,
-                        replay_op(self, key, item),
-                        mark=item.op != "touch",
-                        timeout=self.timeout,
-                    )
-                except BackendUnavailableError:
-                    done = False
-                    return landed
-                except BackendError as exc:
-                    # The server refused this key's write: replaying it again cannot help.
-                    self.log.warning(
-                        "replay-refused",
-                        "tiered: replaying a %s of %r failed: %r",
-                        item.op,
-                        key,
-                        exc,
-                    )
-                    continue
-                finally:
-                    self._queue.end(key, item, done=done)
-                if ran is None:
-                    # A newer write of the key reached L2, or is queued, meanwhile. L1 may
-                    # still hold this one (written while L2 was down): drop it unless a
-                    # newer write of this process is there.
-                    self._queue.count(superseded=1)
-                    if item.op != "touch":
-                        slot.run(L1, self.l1.delete_many)
-                    continue
-                if item.op == "delete":
-                    # L1 may have been refilled from L2's old value before the delete landed.
-                    slot.run(L1, self.l1.delete_many)
-                landed += 1
-                self._queue.count(replayed=1)
-                self.announce(item.op, [key], item.seq)
         return landed
 
     # -- announcements ------------------------------------------------------------------

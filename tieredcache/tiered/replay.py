@@ -14,6 +14,10 @@ import threading
 import typing as t
 
 from tieredcache.entry import Entry
+from tieredcache.errors import BackendError
+from tieredcache.errors import BackendUnavailableError
+from tieredcache.tiered.ordering import L1
+from tieredcache.tiered.ordering import L2
 
 if t.TYPE_CHECKING:
     from tieredcache.tiered.l2gate import L2Gate
@@ -24,6 +28,7 @@ __all__ = [
     "ReplayQueue",
     "delete_replay",
     "replay_op",
+    "run_replays",
     "set_replay",
     "touch_replay",
 ]
@@ -174,3 +179,53 @@ class ReplayQueue:
             "replay_dropped": self.dropped,
             "replay_superseded": self.superseded,
         }
+
+
+def run_replays(gate: L2Gate) -> int:
+    """Replay the writes queued in ``gate``, oldest first; how many landed. Stops at the
+    first outage; a write the server refuses is logged and dropped; one that a newer write
+    superseded meanwhile is dropped, and so is its L1 copy."""
+    queue = gate.queue
+    landed = 0
+    for key, item in queue.snapshot():
+        with gate.ordering.write([key], item.seq) as slot:
+            if not queue.begin(key, item):
+                continue  # superseded meanwhile by a newer write, or being replayed
+            done = True
+            try:
+                ran = slot.run(
+                    L2,
+                    replay_op(gate, key, item),
+                    mark=item.op != "touch",
+                    timeout=gate.timeout,
+                )
+            except BackendUnavailableError:
+                done = False
+                return landed
+            except BackendError as exc:
+                # The server refused this key's write: replaying it again cannot help.
+                gate.log.warning(
+                    "replay-refused",
+                    "tiered: replaying a %s of %r failed: %r",
+                    item.op,
+                    key,
+                    exc,
+                )
+                continue
+            finally:
+                queue.end(key, item, done=done)
+            if ran is None:
+                # A newer write of the key reached L2, or is queued, meanwhile. L1 may
+                # still hold this one (written while L2 was down): drop it unless a
+                # newer write of this process is there.
+                queue.count(superseded=1)
+                if item.op != "touch":
+                    slot.run(L1, gate.l1.delete_many)
+                continue
+            if item.op == "delete":
+                # L1 may have been refilled from L2's old value before the delete landed.
+                slot.run(L1, gate.l1.delete_many)
+            landed += 1
+            queue.count(replayed=1)
+            gate.announce(item.op, [key], item.seq)
+    return landed
