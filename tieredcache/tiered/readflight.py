@@ -48,16 +48,28 @@ class Flight:
         self.entry: Entry | None = None
         self.error: BaseException | None = None
         self.waiters = 0
-        self._done = threading.Event()
+        # Made for the first waiter (most reads have none), under the table's lock while
+        # the flight is in the table, so always before the leader's finish().
+        self._done: threading.Event | None = None
+
+    def add_waiter(self) -> None:
+        """One more caller will :meth:`wait` (called under the table's lock)."""
+        self.waiters += 1
+        if self._done is None:
+            self._done = threading.Event()
 
     def finish(self, entry: Entry | None, error: BaseException | None = None) -> None:
         self.entry = entry
         self.error = error
-        self._done.set()
+        done = self._done
+        if done is not None:
+            done.set()
 
     def wait(self, timeout: float | None) -> bool:
         """Wait at most ``timeout`` seconds for the leader's answer; True if it came."""
-        return self._done.wait(timeout)
+        done = self._done
+        assert done is not None, "wait() without add_waiter()"
+        return done.wait(timeout)
 
     def answer(self) -> Entry | None:
         """The leader's entry (``None``: a miss), or its exception re-raised."""
@@ -92,7 +104,7 @@ class ReadFlights:
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None and flight.clean and ordering.refill_allowed(flight.token):
-                flight.waiters += 1
+                flight.add_waiter()
                 self.shared += 1
                 return flight, False
             flight = Flight(token, token[0].writers == 0)

@@ -221,8 +221,32 @@ class Reader:
         """Copy L2's answers into L1, unless a write of the key began since the read did or
         waits for replay (its answer then came from the replay queue, not from L2)."""
         now = self.cache.timer()
+        try:
+            if len(from_l2) > 1 and self.l1.local:
+                capped = {k: self.cache.cap(e, now) for k, e in from_l2.items()}
+                stored = self.ordering.refill_batch(
+                    token_of, capped, self.l1.set_entries, lambda key: not self.gate.pending(key)
+                )
+            else:
+                stored = self._refill_locked(token_of, from_l2, now)
+            if len(from_l2) == 1:
+                (self.count_refill if stored else self.count_refill_skipped)()
+            else:
+                slot = self.counters.slot()
+                slot[_REFILLS] += stored
+                slot[_REFILLS_SKIPPED] += len(from_l2) - stored
+        except Exception as exc:
+            # A refill is an optimisation: its failure never changes what the read returns.
+            self.counters.slot()[_REFILL_ERRORS] += 1
+            if not isinstance(exc, ValueTooLargeError):
+                logger.warning("tiered: refilling l1 failed: %r", exc)
+
+    def _refill_locked(
+        self, token_of: t.Mapping[str, ReadToken], from_l2: dict[str, Entry], now: float
+    ) -> int:
+        """Refill under each key's L1 lock (what a write's L1 leg takes); how many stored."""
         chosen = sorted(from_l2)
-        locks = [token_of[k][0].locks[L1] for k in chosen]
+        locks = [token_of[k][0].lock(L1) for k in chosen]
         for lock in locks:
             lock.acquire()
         try:
@@ -230,20 +254,9 @@ class Reader:
             for key in chosen:
                 if self.ordering.refill_allowed(token_of[key]) and not self.gate.pending(key):
                     items[key] = self.cache.cap(from_l2[key], now)
-            skipped = len(chosen) - len(items)
             if items:
                 self.l1.set_entries(items)
-            if len(chosen) == 1:
-                (self.count_refill if items else self.count_refill_skipped)()
-            else:
-                slot = self.counters.slot()
-                slot[_REFILLS] += len(items)
-                slot[_REFILLS_SKIPPED] += skipped
-        except Exception as exc:
-            # A refill is an optimisation: its failure never changes what the read returns.
-            self.counters.slot()[_REFILL_ERRORS] += 1
-            if not isinstance(exc, ValueTooLargeError):
-                logger.warning("tiered: refilling l1 failed: %r", exc)
+            return len(items)
         finally:
             for lock in reversed(locks):
                 lock.release()
