@@ -222,7 +222,7 @@ class Reader:
         waits for replay (its answer then came from the replay queue, not from L2)."""
         now = self.cache.timer()
         try:
-            if len(from_l2) > 1 and self.l1.local:
+            if self.l1.local:
                 capped = {k: self.cache.cap(e, now) for k, e in from_l2.items()}
                 stored = self.ordering.refill_batch(
                     token_of, capped, self.l1.set_entries, lambda key: not self.gate.pending(key)
