@@ -242,6 +242,8 @@ def test_multiprocess_quick_run_reports_every_cell(
     assert "## 90% reads / 10% writes" in capsys.readouterr().out
     data = json.loads((tmp_path / "multiprocess.json").read_text())
     assert data["kind"] == "multiprocess" and (tmp_path / "multiprocess.md").exists()
+    if importlib.util.find_spec("matplotlib") is not None:  # the bench extra draws the plot
+        assert (tmp_path / "multiprocess.png").read_bytes().startswith(b"\x89PNG")
     rows = data["rows"]
     cells = {(r["mix"], r["processes"], r["subject"]) for r in rows}
     subjects = ["tieredcache", "redis-py", "tieredcache Django", "django-redis"]

@@ -207,7 +207,9 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         help="worker processes sharing one Redis (1 to 8; --quick: 1 and 2), written as "
         "multiprocess.json and multiprocess.md",
     )
-    run_bench.add_argument("--no-plot", action="store_true", help="do not draw results.png")
+    run_bench.add_argument(
+        "--no-plot", action="store_true", help="do not draw results.png (multiprocess.png)"
+    )
     run_bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     if args.command == "bench":

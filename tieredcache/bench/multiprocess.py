@@ -379,7 +379,8 @@ def _drive(
 
 def command(args: t.Any, out: t.TextIO) -> int:
     """``tieredcache bench --multiprocess``: run, print the Markdown report, write
-    ``multiprocess.json`` and ``multiprocess.md`` into ``args.out``."""
+    ``multiprocess.json``, ``multiprocess.md`` and (unless ``--no-plot``, with matplotlib)
+    ``multiprocess.png`` into ``args.out``."""
     changes: dict[str, t.Any] = {
         "redis_url": args.redis_url,
         "progress": not args.no_progress,
@@ -392,6 +393,6 @@ def command(args: t.Any, out: t.TextIO) -> int:
         config = MultiprocessConfig(**changes)
     report = run_multiprocess(config)
     print(report.to_markdown(), file=out)
-    for path in report.write(args.out):
+    for path in report.write(args.out, plot=not getattr(args, "no_plot", False)):
         print(f"wrote {path}", file=out)
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import typing as t
 
+from tieredcache.bench.report import save_figure
+
 __all__ = ["plot_multiprocess"]
 
 
@@ -53,13 +55,5 @@ def plot_multiprocess(data: t.Mapping[str, t.Any], path: str) -> bool:
             axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
             axis.set_xlabel("worker processes")
         top.legend(fontsize=7)
-    machine = data.get("machine", {})
-    fig.suptitle(
-        f"Worker processes sharing one Redis - {machine.get('cpu', '?')}, "
-        f"{machine.get('nproc', '?')} cores, Python {machine.get('python', '?')}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, "Worker processes sharing one Redis", data.get("machine", {}), path)
     return True

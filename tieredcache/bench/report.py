@@ -25,6 +25,7 @@ __all__ = [
     "multiprocess_rst",
     "ratio_cell",
     "rst_tables",
+    "save_figure",
     "size_label",
     "workloads_markdown",
 ]
@@ -88,7 +89,7 @@ class MultiprocessReport:
     def write(self, directory: str, *, plot: bool = True) -> list[str]:
         """Write ``multiprocess.json``, ``multiprocess.md`` and (with matplotlib)
         ``multiprocess.png``."""
-        from tieredcache.bench.multiprocess_plot import plot_multiprocess
+        from tieredcache.bench.multiprocess_plot import plot_multiprocess  # imports this module
 
         written = _write_texts(directory, "multiprocess", self.to_json(), self.to_markdown())
         path = os.path.join(directory, "multiprocess.png")
@@ -476,16 +477,22 @@ def _plot(report: Report, path: str) -> bool:
     right.set_xlabel("p50 latency, µs (log scale)")
     right.set_title("tieredcache and the reference peer of each workload")
     right.legend(fontsize=8)
-    m = report.machine
+    save_figure(fig, f"tieredcache {report.machine.get('tieredcache', '')}", report.machine, path)
+    return True
+
+
+def save_figure(fig: t.Any, title: str, machine: t.Mapping[str, t.Any], path: str) -> None:
+    """Title ``fig`` with ``title`` and the machine, write it to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
     fig.suptitle(
-        f"tieredcache {m.get('tieredcache', '')} - {m.get('cpu', '?')}, {m.get('nproc', '?')} "
-        f"cores, Python {m.get('python', '?')}",
+        f"{title} - {machine.get('cpu', '?')}, {machine.get('nproc', '?')} cores, "
+        f"Python {machine.get('python', '?')}",
         fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def _wrap(text: str, width: int) -> str:
