@@ -10,13 +10,14 @@ one driver call per message.
 
 from __future__ import annotations
 
+import importlib
 import typing as t
 
 import redis.exceptions
 
 hiredis: t.Any
-try:  # optional: the C parser, when installed
-    import hiredis
+try:  # optional: the C parser, when installed (the ``hiredis`` extra)
+    hiredis = importlib.import_module("hiredis")
 except ImportError:  # pragma: no cover - depends on the environment
     hiredis = None
 

@@ -94,26 +94,27 @@ class RetryWorker:
 
     def _run(self) -> None:
         first, most = RETRY_BACKOFF
-        delay = 0.0
+        backoff = pause = 0.0  # the backoff after failed attempts; the wait before the next
         waited = idled = False
         while True:
             with self._lock:
-                if delay:
-                    self._wakeup.wait(delay)
+                if pause:
+                    self._wakeup.wait(pause)
+                    pause = 0.0
                 if self._closed or not self.pending():
                     self._idle.set()
                     if self._closed or idled or self.keep_alive <= 0:
                         self._thread = None
                         return
                     self._work.wait(self.keep_alive)  # ensure() or stop() notifies
-                    idled, delay = True, 0.0
+                    idled = True
                     continue
                 idled = False
                 if not waited and not self._hurry and self.due is not None:
                     wait = self.due()
                     if wait > 0:
                         self._wakeup.wait(wait)
-                        waited, delay = True, 0.0
+                        waited = True
                         continue  # closed or woken meanwhile: look again
                 waited = self._hurry = False
             try:
@@ -121,7 +122,8 @@ class RetryWorker:
             except Exception:  # never let the worker die with work queued
                 logger.exception("tiered: the background worker %s failed", self.name)
                 finished = False
-            delay = 0.0 if finished else min(most, max(first, delay * 2))
+            backoff = 0.0 if finished else min(most, max(first, backoff * 2))
+            pause = backoff
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until there is no work left (or no thread to do it); False on timeout."""
