@@ -137,9 +137,38 @@ def test_a_step_applies_only_on_top_of_the_entry_it_replaced(
     older_stamp = Entry("newer", None, held.version - 10**9)
     assert apply_message(b, remote_set(b, "k", older_stamp, held.version)) == 1
     assert b.l1.get("k") == "newer"
-    # The same step again changes nothing.
-    assert apply_message(b, remote_set(b, "k", older_stamp, held.version)) == 0
+    # The same step again leaves the same copy.
+    apply_message(b, remote_set(b, "k", older_stamp, held.version))
     assert b.l1.get("k") == "newer"
+
+
+def test_version_zero_names_no_step(pair: tuple[TieredCache, TieredCache]) -> None:
+    _, b = pair
+    b.l1.set_entry("k", Entry("unstamped", None, 0))
+    assert apply_message(b, remote_set(b, "k", Entry("x", None, next_version()), 0)) == 0
+    assert b.l1.get("k") is None
+    held = Entry("held", None, next_version())
+    b.l1.set_entry("k", held)
+    assert apply_message(b, remote_set(b, "k", Entry("x", None, 0), held.version)) == 0
+    assert b.l1.get("k") is None
+
+
+def test_an_update_does_not_hide_a_local_write_stamped_before_it(
+    pair: tuple[TieredCache, TieredCache],
+) -> None:
+    a, _ = pair
+    held = Entry("p", None, next_version())
+    a.l1.set_entry("k", held)
+    tokens = a.ordering.begin_read(["k"])  # a batch read keeps the key's state alive
+    try:
+        ours = Entry("a", None, next_version())  # set() stamped its version, then paused
+        theirs = Entry("b", None, next_version())
+        assert apply_message(a, remote_set(a, "k", theirs, held.version)) == 1
+        a.write_entries({"k": ours}, a.timer(), ours.version)  # set() goes on
+        assert a.l1.get("k") == "a"  # L2 holds ours too: L1 must not keep theirs
+        assert t.cast(RedisBackend, a.l2).get("k") == "a"
+    finally:
+        a.ordering.end_read(["k"], tokens)
 
 
 def test_steps_delivered_out_of_order_never_leave_a_stale_copy(

@@ -88,6 +88,8 @@ class Announcements:
         with self._lock:
             self._started()
             for key, (data, version, previous) in updates.items():
+                if previous == version:
+                    previous = None  # the same version twice names no step
                 queued = self._keys.get(key)
                 if (
                     queued is not None

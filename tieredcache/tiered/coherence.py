@@ -13,8 +13,9 @@ copy is evicted:
 - a key this process does not hold is left alone (messages never insert into L1);
 - a key with a local write in flight, or a write waiting for replay, is evicted;
 - a copy of another version than the replaced one is evicted (it is older than L2's value,
-  or newer than this step: either way the next read fetches L2's), an equal version to the
-  new entry's changes nothing; an expired or undecodable entry evicts.
+  or newer than this step: either way the next read fetches L2's), a copy of the new
+  entry's version is set anew; an expired or undecodable entry evicts, and so does
+  version 0 on either side (an entry nobody stamped, which no step can name).
 
 So messages need no order: a step applies only on top of the entry it replaced, whenever it
 arrives, and messages of several processes may be delayed and sent in batches (the
@@ -78,6 +79,7 @@ def apply_message(cache: TieredCache, message: Message) -> int:
             if (
                 data is None
                 or codec is None
+                or not held  # version 0: an entry nobody stamped, which no step can name
                 or state_of[key].writers > 1  # a local write of the key is in flight
                 or gate.pending(key)
                 or (held != steps.get(key) and held != _version_in(data))
@@ -85,24 +87,33 @@ def apply_message(cache: TieredCache, message: Message) -> int:
                 evict.append(key)  # neither a step from the held entry nor the held entry
                 continue
             entry = _decode(codec, key, data)
-            if entry is None or (entry.expires_at is not None and entry.expires_at <= now):
+            if (
+                entry is None
+                or not entry.version
+                or (entry.expires_at is not None and entry.expires_at <= now)
+                or (entry.version != held and held != steps.get(key))
+            ):
                 evict.append(key)
-            elif entry.version == held:
-                continue  # already this entry
-            elif held != steps.get(key):
-                evict.append(key)
-            else:
-                try:
-                    l1.set_entry(key, cache.cap(entry, now))
-                except Exception:
-                    evict.append(key)  # too large for L1, say: no copy is the safe copy
-                    continue
-                updated += 1
+                continue
+            try:
+                # The step's new entry (or the held version again: the same write, set anew).
+                l1.set_entry(key, cache.cap(entry, now))
+            except Exception:
+                evict.append(key)  # too large for L1, say: no copy is the safe copy
+                continue
+            updated += 1
         if evict:
             l1.delete_many(evict)
+            # A local write stamped before this message but not yet begun must not land
+            # in L1 after the eviction (its L2 write may be older than the evicting one).
+            for key in evict:
+                written = state_of[key].written
+                written[L1] = max(written[L1], slot.seq)
 
+    # Unmarked: an update must not make a local write that began after it (with a version
+    # stamped before it) skip L1, or L1 would keep the other process's older value.
     with cache.ordering.write(keys, next_version(), legs=1) as slot:
-        slot.run(L1, op)
+        slot.run(L1, op, mark=False)
     return updated
 
 
