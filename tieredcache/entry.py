@@ -14,6 +14,7 @@ import threading
 import time
 import typing as t
 
+from tieredcache import lifecycle
 from tieredcache.errors import ConfigurationError
 
 __all__ = [
@@ -176,6 +177,15 @@ def expires_at_for(ttl: float | None, now: float) -> float | None:
 
 _version_lock = threading.Lock()
 _last_version = 0
+
+
+def _new_version_lock() -> None:
+    # In a forked child a thread that held it does not exist: start with a free one.
+    global _version_lock
+    _version_lock = threading.Lock()
+
+
+lifecycle.on_fork(_new_version_lock)
 
 
 def next_version() -> int:

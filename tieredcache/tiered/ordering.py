@@ -51,6 +51,15 @@ def _issued(state: KeyState) -> int:
 _LOCKS_MADE = threading.Lock()
 
 
+def _new_locks_made_lock() -> None:
+    # In a forked child a thread that held it does not exist: start with a free one.
+    global _LOCKS_MADE
+    _LOCKS_MADE = threading.Lock()
+
+
+lifecycle.on_fork(_new_locks_made_lock)
+
+
 class KeyState:
     """What the process knows about one key while operations on it are in flight."""
 

@@ -1,5 +1,6 @@
-"""A read that overlaps a write never refills L1 with what it read before the write landed,
-for one key and for a batch."""
+"""Races around the per-key ordering: a read that overlaps a write never refills L1 with
+what it read before the write landed (one key and a batch), and a fork while another thread
+holds one of the ordering's module locks does not hang the child."""
 
 from __future__ import annotations
 
@@ -70,4 +71,46 @@ def test_a_read_that_began_during_a_write_does_not_refill_the_old_value(keys: li
         assert cache.l1.get_many(keys) == {key: "new" for key in keys}
         assert cache.get_many(keys) == {key: "new" for key in keys}
     finally:
+        cache.close()
+
+
+def test_a_fork_while_a_thread_makes_key_locks_or_versions_does_not_hang_the_child() -> None:
+    import os
+    import select
+
+    from tieredcache import entry
+    from tieredcache.tiered import ordering
+
+    cache = TieredCache(MemoryBackend(), MemoryBackend())
+    inside, release = threading.Event(), threading.Event()
+
+    def holder() -> None:  # parked inside both locks, as a thread may be for a moment
+        with ordering._LOCKS_MADE, entry._version_lock:
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - reports through the pipe
+            try:
+                os.close(read)
+                cache.set("k", 1)
+                os.write(write, b"ok" if cache.get("k") == 1 else b"bad")
+            finally:
+                os._exit(0)
+        os.close(write)
+        try:
+            ready, _, _ = select.select([read], [], [], 10)
+            assert ready, "the forked child hung"
+            assert os.read(read, 16) == b"ok"
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join(10)
         cache.close()
