@@ -324,3 +324,43 @@ def test_the_entries_and_steps_are_fields_of_the_same_message() -> None:
     # Without "p", entries are carried but steps are unknown.
     legacy = json.dumps({"o": "o", "k": "set", "v": 1, "keys": ["k"], "e": {"k": "VEMuLi4="}})
     assert decode_message(legacy)[5] is None
+
+
+def test_a_key_of_another_type_in_a_batch_is_written_alone(redis_url: str, raw: t.Any) -> None:
+    backend = RedisBackend.from_url(redis_url, prefix="swapb:")
+    try:
+        first = Entry("a", None, next_version())
+        backend.swap_entries({"k": first})
+        raw.delete("swapb:list")
+        raw.rpush("swapb:list", "x")
+        sets = calls(raw, "set")
+        second, third = Entry("b", None, next_version()), Entry("c", None, next_version())
+        swapped = backend.swap_entries({"k": second, "list": third})
+        assert swapped["k"][1] == first.version and swapped["list"][1] is None
+        assert calls(raw, "set") - sets == 3  # both with GET, then the list's key alone
+        assert backend.get("k") == "b" and backend.get("list") == "c"
+    finally:
+        backend.clear()
+        backend.close()
+
+
+def test_a_write_the_server_refuses_raises(redis_url: str, raw: t.Any) -> None:
+    from tieredcache.errors import BackendResponseError
+
+    backend = RedisBackend.from_url(redis_url, prefix="swapo:")
+    try:
+        raw.config_set("maxmemory", "1")
+        raw.config_set("maxmemory-policy", "noeviction")
+        try:
+            with pytest.raises(BackendResponseError):
+                backend.swap_entries({"k": Entry("a", None, next_version())})
+        finally:
+            raw.config_set("maxmemory", "0")
+        # A refusal is not a missing command: the next writes still learn what they replaced.
+        first = Entry("a", None, next_version())
+        backend.swap_entries({"k": first})
+        replaced = backend.swap_entries({"k": Entry("b", None, next_version())})["k"][1]
+        assert replaced == first.version
+    finally:
+        backend.clear()
+        backend.close()

@@ -316,32 +316,46 @@ class RedisBackend(Backend):
         }
 
     def _swap(self, encoded: list[tuple[bytes, bytes, Entry]]) -> list[t.Any]:
-        if self._swaps:
-            try:
-                return self._send_sets(encoded, get=True)
-            except redis.exceptions.ResponseError as exc:
-                # A key of another type (WRONGTYPE), or a server without SET ... GET: write
-                # with a plain SET; nothing is known of what was replaced.
-                if "WRONGTYPE" not in str(exc):
-                    self._swaps = False
-        self._send_sets(encoded, get=False)
-        return [None] * len(encoded)
+        if not self._swaps:
+            _raise_first(self._send_sets(encoded, get=False))
+            return [None] * len(encoded)
+        replies = self._send_sets(encoded, get=True)
+        refused = [i for i, reply in enumerate(replies) if isinstance(reply, Exception)]
+        if not refused:
+            return replies
+        errors = [str(replies[i]) for i in refused]
+        if not all("WRONGTYPE" in e or "syntax" in e.lower() for e in errors):
+            raise replies[refused[0]]  # OOM, READONLY ...: these writes did not land
+        if any("syntax" in e.lower() for e in errors):
+            self._swaps = False  # a server before Redis 6.2: SET has no GET
+        # A key of another type, or no SET ... GET: only those are written again, with a
+        # plain SET; nothing is known of what they replaced.
+        _raise_first(self._send_sets([encoded[i] for i in refused], get=False))
+        for i in refused:
+            replies[i] = None
+        return replies
 
     def _send_sets(self, encoded: list[tuple[bytes, bytes, Entry]], *, get: bool) -> list[t.Any]:
+        """One ``SET`` (``get``: ``SET ... GET``) per item in one round trip; the replies,
+        error replies in their place."""
         direct = self._direct
         if direct is not None:
             packed = b"".join(
                 [pack_set(full, data, self._px(e.expires_at), get=get) for full, data, e in encoded]
             )
             try:
-                replies = direct.call(packed, replies=len(encoded))
-                return [replies] if len(encoded) == 1 else list(replies)
+                replies = direct.call(packed, replies=len(encoded), errors_inline=True)
+                if len(encoded) == 1:
+                    return [replies]
+                return list(replies)
+            except redis.exceptions.ResponseError as exc:  # one key: raised, not listed
+                return [exc]
             except RETRY_THROUGH_CLIENT:
                 pass
         with self._client.pipeline(transaction=False) as pipe:
             for full, data, e in encoded:
                 pipe.set(full, data, px=self._px(e.expires_at), get=get)
-            return list(pipe.execute())
+            return list(pipe.execute(raise_on_error=False))
 
     def _add(self, key: str, entry: Entry) -> bool:
         data = self.codec.encode(entry)
@@ -537,6 +551,13 @@ class RedisBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self._target} prefix={self.prefix!r}>"
+
+
+def _raise_first(replies: list[t.Any]) -> None:
+    """Raise the first error reply of ``replies``, if any."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 def _version_of(data: t.Any) -> int | None:

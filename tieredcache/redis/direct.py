@@ -113,8 +113,11 @@ class DirectCommands:
             return None  # re-authentication is driven by pool events
         return cls(pool)
 
-    def call(self, packed: bytes, replies: int = 1) -> t.Any:
+    def call(self, packed: bytes, replies: int = 1, *, errors_inline: bool = False) -> t.Any:
         """Send ``packed`` and return its reply (a list of them when ``replies > 1``).
+
+        With ``errors_inline`` an error reply takes its place in the list as the
+        :class:`redis.exceptions.ResponseError` it is, instead of being raised.
 
         :raises redis.exceptions.ResponseError: the server answered with an error.
         :raises redis.exceptions.ConnectionError: the connection failed (retry elsewhere).
@@ -138,7 +141,10 @@ class DirectCommands:
                     try:
                         result.append(conn.read_response())
                     except redis.exceptions.ResponseError as exc:
-                        error = error or exc
+                        if errors_inline:
+                            result.append(exc)
+                        else:
+                            error = error or exc
             clean = True  # every reply was read: the connection can be used again
             if error is not None:
                 raise error

@@ -207,7 +207,7 @@ class Listener:
         from tieredcache.events import BACKPLANE_RESET
 
         self.tag_index.reset()
-        self.ordering.l1_reset = next_version()
+        self.ordering.reset_l1()
         try:
             self.l1.clear()
         except Exception:

@@ -25,6 +25,7 @@ import threading
 import typing as t
 
 from tieredcache import lifecycle
+from tieredcache.entry import next_version
 from tieredcache.errors import BackendTimeoutError
 
 if t.TYPE_CHECKING:
@@ -162,6 +163,19 @@ class Ordering:
     def _drop_locked(self, key: str, state: KeyState) -> None:
         if state.writers == 0 and state.readers == 0 and self._states.get(key) is state:
             del self._states[key]
+
+    def begin_clear(self) -> int:
+        """A clear of every key begins: its sequence number, after which no read that began
+        earlier refills L1 (under the table's lock, so a refill in progress lands first)."""
+        with self._lock:
+            self.cleared = seq = next_version()
+            return seq
+
+    def reset_l1(self) -> None:
+        """L1 is about to be flushed alone (invalidations may have been lost): no read that
+        began earlier refills it."""
+        with self._lock:
+            self.l1_reset = next_version()
 
     def busy(self, keys: t.Iterable[str]) -> set[str]:
         """The keys of ``keys`` with a read or write in flight."""

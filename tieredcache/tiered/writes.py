@@ -281,7 +281,7 @@ class Writer:
             return t.cast(int, value)
 
     def clear(self) -> None:
-        seq = self.ordering.cleared = next_version()
+        seq = self.ordering.begin_clear()
         errors: dict[str, BaseException] = {}
         gate = self.gate
         try:
