@@ -219,3 +219,45 @@ def test_the_held_version_is_read_without_counting_a_read() -> None:
     assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
     clock.advance(1.0)
     assert l1.held_version("k") is None  # expired
+
+
+def test_a_write_whose_reply_was_lost_is_announced_once_l2_answers() -> None:
+    import pytest
+
+    from tieredcache import MemoryBackend
+    from tieredcache import TieredCache
+    from tieredcache.entry import Entry
+    from tieredcache.errors import BackendTimeoutError
+    from tieredcache.testing.backplane import LocalBackplaneHub
+    from tieredcache.testing.faults import FaultyBackend
+
+    class LosesReplies(FaultyBackend):
+        """Writes land; the first reply is lost (a timeout after the server applied it)."""
+
+        lose = True
+
+        def swap_entries(self, items: t.Mapping[str, Entry]) -> dict[str, tuple[bytes, int | None]]:
+            swapped = super().swap_entries(items)
+            if self.lose:
+                self.lose = False
+                raise BackendTimeoutError("the reply was lost", backend="l2")
+            return swapped
+
+    hub = LocalBackplaneHub()
+    store = MemoryBackend()
+    a = TieredCache(MemoryBackend(), LosesReplies(store), backplane=hub.new(), fail_open=False)
+    b = TieredCache(MemoryBackend(), FaultyBackend(store), backplane=hub.new(), fail_open=False)
+    try:
+        b.set("k", "old")
+        b.wait_idle(5)
+        hub.deliver()
+        assert a.get("k") == "old" and b.get("k") == "old"
+        with pytest.raises(BackendTimeoutError):
+            a.set("k", "new")  # it landed, but a could not know
+        assert a.wait_idle(5)  # the worker saw L2 answer, then announced the key
+        hub.deliver()
+        assert b.l1.get("k") is None  # evicted: b reads L2's value again
+        assert b.get("k") == "new"
+    finally:
+        a.close()
+        b.close()

@@ -55,6 +55,9 @@ class Announcements:
         self._lock = threading.Lock()
         self._keys: collections.OrderedDict[str, Pending] = collections.OrderedDict()
         self._clear: int | None = None
+        #: Writes whose L2 call failed for availability and may have landed all the same
+        #: (the reply was lost): announced, for eviction, once L2 answers again.
+        self._doubtful: dict[str, tuple[str, int]] = {}
         self._since = 0.0  # monotonic time the queue stopped being empty
         #: Batches the backplane failed to send (and that were queued again).
         self.errors = 0
@@ -107,6 +110,28 @@ class Announcements:
     def _put(self, key: str, pending: Pending) -> None:
         self._keys[key] = pending
         self._keys.move_to_end(key)
+
+    def doubt(self, kind: str, keys: t.Sequence[str], seq: int) -> None:
+        """``keys`` written by a ``kind`` operation at ``seq`` may have reached L2 although
+        the call failed: hold their announcement until :meth:`release_doubts`."""
+        with self._lock:
+            for key in keys:
+                self._doubtful[key] = (kind, seq)
+
+    @property
+    def doubtful(self) -> int:
+        """How many keys wait for L2 to answer before they are announced."""
+        return len(self._doubtful)
+
+    def release_doubts(self) -> None:
+        """L2 answers again: queue the held announcements (keys only: receivers evict)."""
+        with self._lock:
+            doubtful, self._doubtful = self._doubtful, {}
+            if doubtful:
+                self._started()
+            for key, (kind, seq) in doubtful.items():
+                if key not in self._keys:
+                    self._put(key, Pending(kind, seq))
 
     def due(self) -> float:
         """Seconds until what is queued should be sent (0: now)."""

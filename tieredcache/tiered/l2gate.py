@@ -19,14 +19,14 @@ Every call a :class:`~tieredcache.TieredCache` makes to its L2 goes through its
   value; the queue is replayed in the background as soon as L2 answers again (a worker retries
   with backoff, so a process that only hits L1 replays too), and a replayed delete also evicts
   L1;
-- **announcements**: a key is announced on the backplane only after its L2 write has landed
-  (race losers and replays included). Announcements are queued, newest per key winning, and
-  sent by the gate's worker, so a publish never holds a write; failed ones are sent again when
-  Redis answers.
+- **announcements**: a key is announced on the backplane once its L2 write has landed (race
+  losers and replays included), or, when the write failed without fail-open, for eviction
+  once L2 answers again (the reply may have been lost after it landed). The gate's worker
+  sends them in batches (:mod:`.announce`); a publish never holds a write.
 
-The worker is a non-daemon thread that runs only while there is work; it is stopped by
-:meth:`L2Gate.close` and at interpreter exit (after one last bounded flush), and forgotten in a
-forked child, which drops the parent's queues (the parent replays and announces them).
+The worker (:mod:`.worker`) is stopped by :meth:`L2Gate.close` and at interpreter exit
+after one last bounded flush, and forgotten in a forked child, which drops the parent's
+queues (the parent replays and announces them).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from tieredcache import lifecycle
 from tieredcache.breaker import CircuitBreaker
 from tieredcache.breaker import CircuitOpenError
 from tieredcache.entry import Entry
+from tieredcache.errors import BackendError
 from tieredcache.errors import BackendResponseError
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.events import REPLAY_DONE
@@ -139,7 +140,8 @@ class L2Gate:
         )
         self.timeout = call_timeout(l2)
         self.log = RateLimitedLog(logger=logger)
-        self._queue = ReplayQueue(replay_limit)
+        #: The writes waiting for replay.
+        self.queue = ReplayQueue(replay_limit)
         #: Where ``replay_done`` is emitted (set by the composition).
         self.events: Events | None = None
         self._last_failure = 0.0  # monotonic time of the last availability failure
@@ -161,7 +163,7 @@ class L2Gate:
         # Also the after-fork hook: the parent replays and announces what it queued, and
         # its worker thread does not exist here.
         self._local = threading.local()
-        self._queue.after_fork()
+        self.queue.after_fork()
         backplane = self.backplane
         self._announce = Announcements(0.0 if backplane is None else backplane.linger)
         self._worker.after_fork()
@@ -267,10 +269,10 @@ class L2Gate:
         found: dict[str, Entry] = {}
         wanted = keys
         touched: dict[str, float | None] = {}
-        if self._queue:
+        if self.queue:
             wanted = []
             for key in keys:
-                item = self._queue.get(key)
+                item = self.queue.get(key)
                 if item is None:
                     wanted.append(key)
                 elif item.op == "set":
@@ -297,7 +299,7 @@ class L2Gate:
                 # The server's answer about these keys, not an outage: a miss.
                 self.absorb("read", "read", wanted, exc)
             else:
-                if self._queue:
+                if self.queue:
                     self.wake()  # L2 answers: replay now
         for key, expires_at in touched.items():
             entry = found.get(key)
@@ -305,14 +307,9 @@ class L2Gate:
                 found[key] = entry.replace(expires_at=expires_at)
         return found
 
-    @property
-    def queue(self) -> ReplayQueue:
-        """The writes waiting for replay."""
-        return self._queue
-
     def pending(self, key: str) -> bool:
         """True if a failed write of ``key`` waits for replay (L2 holds an older value)."""
-        return key in self._queue
+        return key in self.queue
 
     # -- writes: each runs as the L2 leg of an ordered write ---------------------------
 
@@ -435,6 +432,11 @@ class L2Gate:
                 raise BackendUnavailableError("l2 failed while this write waited", backend="l2")
             result = send()
         except BackendUnavailableError as exc:
+            if not self.fail_open and self.backplane is not None:
+                # The write may have landed and only its reply been lost: announce it (for
+                # eviction) once L2 answers again. Under fail-open its replay announces it.
+                self._announce.doubt(kind, live, seq)
+                self._worker.ensure()
             self._unavailable(live, seq, exc, replay)
             return None
         if announce:
@@ -466,15 +468,15 @@ class L2Gate:
 
     def _supersede(self, keys: t.Sequence[str], seq: int) -> None:
         """Drop queued replays of ``keys`` older than ``seq``."""
-        if self._queue:
-            self._queue.supersede(keys, seq)
+        if self.queue:
+            self.queue.supersede(keys, seq)
             self.wake()
 
     # -- the replay queue ---------------------------------------------------------------
 
     def enqueue(self, key: str, item: ReplayItem) -> None:
         """Remember a failed write of ``key``; a newer one replaces an older one."""
-        dropped = self._queue.add(key, item)
+        dropped = self.queue.add(key, item)
         self._worker.ensure()
         if dropped:
             self.log.warning(
@@ -490,7 +492,7 @@ class L2Gate:
         Emits ``replay_done`` (see :mod:`tieredcache.events`) once the queue is empty.
         """
         landed = run_replays(self)
-        if landed and not self._queue and self.events is not None:
+        if landed and not self.queue and self.events is not None:
             self.events.emit(REPLAY_DONE, replayed=landed)
         return landed
 
@@ -525,16 +527,27 @@ class L2Gate:
 
     def _announce_due(self) -> float:
         # Replays are tried at once; announcements may wait for their linger.
-        return 0.0 if self._queue else self._announce.due()
+        return 0.0 if self.queue else self._announce.due()
 
     def _has_work(self) -> bool:
-        return bool(self._queue) or bool(self._announce)
+        return bool(self.queue) or bool(self._announce) or bool(self._announce.doubtful)
 
     def _attempt(self) -> bool:
+        if self._announce.doubtful and not self._probe():
+            return False
         sent = self.send_announcements()
-        if self._queue:
+        if self.queue:
             self.replay()
-        return sent and not self._queue
+        return sent and not self.queue
+
+    def _probe(self) -> bool:
+        """Whether L2 answers a read; if so, the doubtful writes' announcements are queued."""
+        try:
+            self.call(self.l2.get_entries, ["__tieredcache_probe__"])
+        except BackendError:
+            return False
+        self._announce.release_doubts()
+        return True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued for replay or announcement; False on timeout."""
@@ -547,8 +560,10 @@ class L2Gate:
         if worker.thread is not None and worker.thread is not threading.current_thread():
             worker.wake()  # let the running worker finish its attempt, then take over
             worker.wait_idle(max(0.0, deadline - time.monotonic()))
-        if self._queue and time.monotonic() < deadline:
+        if self.queue and time.monotonic() < deadline:
             self.replay()
+        if self._announce.doubtful and time.monotonic() < deadline:
+            self._probe()
         if self._announce and time.monotonic() < deadline:
             self.send_announcements()
         return not self._has_work()
@@ -557,7 +572,7 @@ class L2Gate:
         """Flush (bounded), then stop the worker; what is still queued is logged as lost."""
         self.flush()
         self._worker.stop(FLUSH_TIMEOUT)
-        lost = len(self._queue)
+        lost = len(self.queue)
         if lost:
             logger.warning(
                 "tiered: closing with %d failed l2 write(s) not replayed (l2 unreachable)", lost
@@ -566,17 +581,17 @@ class L2Gate:
     # -- introspection ------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     def reset_stats(self) -> None:
         """Set the replay and announcement counters to zero."""
-        self._queue.reset_stats()
+        self.queue.reset_stats()
         self._announce.errors = 0
 
     def stats(self) -> dict[str, t.Any]:
         figures: dict[str, t.Any] = {
             "fail_open": self.fail_open,
-            **self._queue.stats(),
+            **self.queue.stats(),
             "announce_pending": len(self._announce),
             "announce_errors": self._announce.errors,
         }
