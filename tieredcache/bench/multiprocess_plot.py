@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing as t
 
-from tieredcache.bench.report import save_figure
+from tieredcache.bench.plotting import save_figure
 
 __all__ = ["plot_multiprocess"]
 

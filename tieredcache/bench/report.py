@@ -14,6 +14,7 @@ import json
 import os
 import typing as t
 
+from tieredcache.bench.plotting import save_figure
 from tieredcache.bench.workloads import WORKLOADS
 from tieredcache.bench.workloads import Target
 
@@ -25,7 +26,6 @@ __all__ = [
     "multiprocess_rst",
     "ratio_cell",
     "rst_tables",
-    "save_figure",
     "size_label",
     "workloads_markdown",
 ]
@@ -89,7 +89,7 @@ class MultiprocessReport:
     def write(self, directory: str, *, plot: bool = True) -> list[str]:
         """Write ``multiprocess.json``, ``multiprocess.md`` and (with matplotlib)
         ``multiprocess.png``."""
-        from tieredcache.bench.multiprocess_plot import plot_multiprocess  # imports this module
+        from tieredcache.bench.multiprocess_plot import plot_multiprocess
 
         written = _write_texts(directory, "multiprocess", self.to_json(), self.to_markdown())
         path = os.path.join(directory, "multiprocess.png")
@@ -479,20 +479,6 @@ def _plot(report: Report, path: str) -> bool:
     right.legend(fontsize=8)
     save_figure(fig, f"tieredcache {report.machine.get('tieredcache', '')}", report.machine, path)
     return True
-
-
-def save_figure(fig: t.Any, title: str, machine: t.Mapping[str, t.Any], path: str) -> None:
-    """Title ``fig`` with ``title`` and the machine, write it to ``path`` and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.suptitle(
-        f"{title} - {machine.get('cpu', '?')}, {machine.get('nproc', '?')} cores, "
-        f"Python {machine.get('python', '?')}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _wrap(text: str, width: int) -> str:
