@@ -364,3 +364,17 @@ def test_a_write_the_server_refuses_raises(redis_url: str, raw: t.Any) -> None:
     finally:
         backend.clear()
         backend.close()
+
+
+def test_a_local_write_in_flight_of_a_key_not_held_does_not_land_in_l1_after_a_step(
+    pair: tuple[TieredCache, TieredCache],
+) -> None:
+    from tieredcache.tiered.ordering import L1
+
+    a, _ = pair
+    ours = Entry("mine", None, next_version())
+    with a.ordering.write(["k"], ours.version) as slot:  # our write began; its legs wait
+        theirs = Entry("theirs", None, next_version())  # written over ours in L2
+        apply_message(a, remote_set(a, "k", theirs, ours.version))
+        slot.run(L1, lambda live: a.l1.set_entries({key: ours for key in live}))
+    assert a.l1.get("k") is None  # our L1 leg came too late: no copy rather than ours

@@ -72,6 +72,11 @@ def apply_message(cache: TieredCache, message: Message) -> int:
         now = cache.timer()
         evict: list[str] = []
         for key in live:
+            if state_of[key].writers > 1 or gate.pending(key):
+                # A local write of the key is in flight (its L1 leg must not land after
+                # this), or waits for replay: no copy, held or to come.
+                evict.append(key)
+                continue
             held = held_version(key)
             if held is None:
                 continue  # not held here: messages never insert
@@ -80,8 +85,6 @@ def apply_message(cache: TieredCache, message: Message) -> int:
                 data is None
                 or codec is None
                 or not held  # version 0: an entry nobody stamped, which no step can name
-                or state_of[key].writers > 1  # a local write of the key is in flight
-                or gate.pending(key)
                 or (held != steps.get(key) and held != _version_in(data))
             ):
                 evict.append(key)  # neither a step from the held entry nor the held entry
