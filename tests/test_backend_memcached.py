@@ -660,14 +660,16 @@ def test_paused_and_killed_servers_are_availability_failures(
 ) -> None:
     address = fresh_memcached_server.address
     backend = MemcachedBackend([address], timeout=0.2, connect_timeout=0.2)
-    backend.set("k", "v")
-    fresh_memcached_server.pause()
     try:
-        with pytest.raises(BackendTimeoutError):
-            backend.get("k")
+        backend.set("k", "v")
+        fresh_memcached_server.pause()  # returns once the process is stopped
+        try:
+            with pytest.raises(BackendTimeoutError):
+                backend.get("k")
+        finally:
+            fresh_memcached_server.resume()
     finally:
-        fresh_memcached_server.resume()
-    backend.close()
+        backend.close()
     fresh_memcached_server.kill()
     with pytest.raises(BackendUnavailableError) as info:
         backend.get("k")

@@ -263,15 +263,20 @@ class ManagedServer:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP the server: connections are still accepted by the kernel but never answered."""
+        """SIGSTOP the server: connections are still accepted by the kernel but never answered.
+
+        Returns once the process is stopped (a signal is delivered when the process is next
+        scheduled, and until then it may still answer)."""
         proc = self._require_running()
         self._signal(proc, signal.SIGSTOP)
+        _wait_for_state(proc.pid, stopped=True)
         self._paused = True
 
     def resume(self) -> None:
         """SIGCONT a paused server; requests sent meanwhile are then answered."""
         proc = self._require_running()
         self._signal(proc, signal.SIGCONT)
+        _wait_for_state(proc.pid, stopped=False)
         self._paused = False
 
     def is_running(self) -> bool:
@@ -459,3 +464,20 @@ def resp_command(*args: str) -> bytes:
         data = arg.encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def _wait_for_state(pid: int, *, stopped: bool, timeout: float = 10.0) -> None:
+    """Wait until process ``pid`` is stopped (or running again), as ``/proc`` reports it;
+    where there is no ``/proc``, return at once."""
+    path = f"/proc/{pid}/stat"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path, encoding="ascii", errors="replace") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return  # gone, or no /proc: nothing to wait for
+        if (state in ("T", "t")) == stopped:
+            return
+        time.sleep(0.001)  # polling the kernel's view; no event tells this process
+    raise RuntimeError(f"process {pid} did not {'stop' if stopped else 'resume'} in {timeout}s")
