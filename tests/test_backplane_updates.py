@@ -378,3 +378,14 @@ def test_a_local_write_in_flight_of_a_key_not_held_does_not_land_in_l1_after_a_s
         apply_message(a, remote_set(a, "k", theirs, ours.version))
         slot.run(L1, lambda live: a.l1.set_entries({key: ours for key in live}))
     assert a.l1.get("k") is None  # our L1 leg came too late: no copy rather than ours
+
+
+def test_every_message_begins_with_its_origin() -> None:
+    from tieredcache.backplane import encode_message
+    from tieredcache.backplane import message_prefix
+
+    for origin in ("o1", 'we"ird\\', "ünï"):
+        for kind, keys in (("set", ["k"]), ("clear", []), ("delete", ["a", "b"])):
+            message = encode_message(origin, kind, 3, keys, {"k": b"TC"}, {"k": 1})
+            assert message.startswith(message_prefix(origin))
+            assert not message.startswith(message_prefix(origin + "x"))

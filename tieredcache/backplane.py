@@ -95,6 +95,8 @@ __all__ = [
     "check_kind",
     "decode_message",
     "encode_message",
+    "message_keys",
+    "message_prefix",
     "new_origin",
 ]
 
@@ -255,6 +257,17 @@ def check_kind(kind: str) -> None:
         raise ConfigurationError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
 
 
+def message_keys(kind: str, keys: t.Sequence[str]) -> list[str]:
+    """The keys a message of ``kind`` names (none for ``"clear"``).
+
+    :raises ConfigurationError: ``kind`` is unknown or ``keys`` is a single str.
+    """
+    check_kind(kind)
+    if isinstance(keys, (str, bytes)):
+        raise ConfigurationError("keys must be a sequence of str, not a single str")
+    return [] if kind == "clear" else list(keys)
+
+
 def new_origin() -> str:
     """A random origin id for a backplane (16 hex digits)."""
     return secrets.token_hex(8)
@@ -279,6 +292,12 @@ def encode_message(
             message["e"] = {k: base64.b64encode(v).decode("ascii") for k, v in carried.items()}
             message["p"] = {k: before[k] for k in carried if before.get(k) is not None}
     return json.dumps(message, separators=(",", ":")).encode("ascii")
+
+
+def message_prefix(origin: str) -> bytes:
+    """How every message of ``origin`` begins (:func:`encode_message` writes the origin
+    first), so that a subscriber can skip its own without decoding them."""
+    return b'{"o":' + json.dumps(origin).encode("ascii") + b","
 
 
 def decode_message(

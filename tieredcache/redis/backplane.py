@@ -25,7 +25,6 @@ fork with the pub/sub one."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import threading
@@ -39,9 +38,10 @@ from tieredcache.backplane import InvalidateCallback
 from tieredcache.backplane import Message
 from tieredcache.backplane import MessageCallback
 from tieredcache.backplane import ResetCallback
-from tieredcache.backplane import check_kind
 from tieredcache.backplane import decode_message
 from tieredcache.backplane import encode_message
+from tieredcache.backplane import message_keys
+from tieredcache.backplane import message_prefix
 from tieredcache.backplane import new_origin
 from tieredcache.cluster_tracking import ClusterTracking
 from tieredcache.errors import ConfigurationError
@@ -275,11 +275,6 @@ class RedisBackplane(Backplane):
         return self._origin
 
     @property
-    def _own_prefix(self) -> bytes:
-        """How this backplane's messages begin (see :func:`encode_message`)."""
-        return b'{"o":' + json.dumps(self._origin).encode("ascii") + b","
-
-    @property
     def connected(self) -> bool:
         group = self._cluster_tracking
         return self._connected.is_set() and (group is None or group.connected)
@@ -322,16 +317,11 @@ class RedisBackplane(Backplane):
         entries: t.Mapping[str, bytes] | None = None,
         previous: t.Mapping[str, int | None] | None = None,
     ) -> bool:
-        check_kind(kind)
-        if isinstance(keys, (str, bytes)):
-            raise ConfigurationError("keys must be a sequence of str, not a single str")
+        batch = message_keys(kind, keys)
         if self._closed:
             self._count("dropped")
             return False
-        count = 0
         try:
-            batch = [] if kind == "clear" else list(keys)
-            count = len(batch)
             message = encode_message(self._origin, kind, version, batch, entries, previous)
             self._publisher.send(message)
         except Exception as exc:  # a publish must never fail the caller's write
@@ -340,7 +330,7 @@ class RedisBackplane(Backplane):
                 "publish",
                 "backplane: publishing a %s of %d key(s) to %s failed: %r",
                 kind,
-                count,
+                len(batch),
                 self._target,
                 exc,
             )
@@ -455,7 +445,7 @@ class RedisBackplane(Backplane):
         with self._lock:
             self._counts["received"] += 1
             self._last_message_at = time.time()
-        if isinstance(data, bytes) and data.startswith(self._own_prefix):
+        if isinstance(data, bytes) and data.startswith(message_prefix(self._origin)):
             self._count("ignored_own")  # ours (encode_message writes the origin first)
             return
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import typing as t
 
-from tieredcache.backplane import KINDS
 from tieredcache.backplane import Backplane
 from tieredcache.backplane import InvalidateCallback
 from tieredcache.backplane import Message
@@ -20,6 +19,7 @@ from tieredcache.backplane import MessageCallback
 from tieredcache.backplane import ResetCallback
 from tieredcache.backplane import decode_message
 from tieredcache.backplane import encode_message
+from tieredcache.backplane import message_keys
 from tieredcache.errors import ConfigurationError
 
 __all__ = ["LocalBackplane", "LocalBackplaneHub"]
@@ -90,9 +90,7 @@ class LocalBackplane(Backplane):
         entries: t.Mapping[str, bytes] | None = None,
         previous: t.Mapping[str, int | None] | None = None,
     ) -> bool:
-        if kind not in KINDS:
-            raise ConfigurationError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
-        batch = [] if kind == "clear" else list(keys)
+        batch = message_keys(kind, keys)
         message = encode_message(self._origin, kind, version, batch, entries, previous)
         sent = self._hub._publish(self, message)
         if sent:
