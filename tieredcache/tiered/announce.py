@@ -57,7 +57,7 @@ class Announcements:
         self._clear: int | None = None
         #: Writes whose L2 call failed for availability and may have landed all the same
         #: (the reply was lost): announced, for eviction, once L2 answers again.
-        self._doubtful: dict[str, tuple[str, int]] = {}
+        self._doubtful: dict[str, Pending] = {}
         self._since = 0.0  # monotonic time the queue stopped being empty
         #: Batches the backplane failed to send (and that were queued again).
         self.errors = 0
@@ -116,7 +116,7 @@ class Announcements:
         the call failed: hold their announcement until :meth:`release_doubts`."""
         with self._lock:
             for key in keys:
-                self._doubtful[key] = (kind, seq)
+                self._doubtful[key] = Pending(kind, seq)
 
     @property
     def doubtful(self) -> int:
@@ -129,9 +129,9 @@ class Announcements:
             doubtful, self._doubtful = self._doubtful, {}
             if doubtful:
                 self._started()
-            for key, (kind, seq) in doubtful.items():
+            for key, pending in doubtful.items():
                 if key not in self._keys:
-                    self._put(key, Pending(kind, seq))
+                    self._put(key, pending)
 
     def due(self) -> float:
         """Seconds until what is queued should be sent (0: now)."""

@@ -195,12 +195,11 @@ class Ordering:
         write that begins meanwhile waits for it and lands after. For an in-process L1,
         where this costs less than a lock per key. How many were stored."""
         with self._lock:
-            epoch = max(self.cleared, self.l1_reset)
-            items = {}
-            for key, entry in entries.items():
-                state, issued, began = token_of[key]
-                if state.issued == issued and state.writers == 0 and began == epoch and also(key):
-                    items[key] = entry
+            items = {
+                key: entry
+                for key, entry in entries.items()
+                if self.refill_allowed(token_of[key]) and also(key)
+            }
             if items:
                 store(items)
             return len(items)

@@ -39,12 +39,11 @@ __all__ = ["Flight", "ReadFlights"]
 class Flight:
     """One L2 read of one key in flight: its leader's token and, once done, its answer."""
 
-    __slots__ = ("_done", "clean", "entry", "error", "token", "waiters")
+    __slots__ = ("_done", "entry", "error", "token", "waiters")
 
-    def __init__(self, token: ReadToken, clean: bool) -> None:
+    def __init__(self, token: ReadToken) -> None:
+        # A token taken while a write of the key ran never allows a refill, nor sharing.
         self.token = token
-        # No write of the key was running when the read began: a later caller may share it.
-        self.clean = clean
         self.entry: Entry | None = None
         self.error: BaseException | None = None
         self.waiters = 0
@@ -103,11 +102,11 @@ class ReadFlights:
         ordering = self.ordering
         with self._lock:
             flight = self._flights.get(key)
-            if flight is not None and flight.clean and ordering.refill_allowed(flight.token):
+            if flight is not None and ordering.refill_allowed(flight.token):
                 flight.add_waiter()
                 self.shared += 1
                 return flight, False
-            flight = Flight(token, token[0].writers == 0)
+            flight = Flight(token)
             self._flights[key] = flight
             self.led += 1
             return flight, True
