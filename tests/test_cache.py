@@ -208,6 +208,48 @@ def test_partial_failure_is_reported_not_silent(executor: concurrent.futures.Exe
     assert cache.stats()["l2_write_errors"] == 1
 
 
+def test_race_with_a_failing_local_l1_waits_for_l2_and_reports_l1(
+    executor: concurrent.futures.Executor, offload: ThreadPoolOffload
+) -> None:
+    reports: list[tuple[str, list[str]]] = []
+    l1 = FaultyBackend(MemoryBackend(), "l1")
+    l2 = FaultyBackend(MemoryBackend(), "l2")
+    cache = TieredCache(
+        l1,
+        l2,
+        write=RaceWrite(),
+        executor=executor,
+        offload=offload,
+        on_partial_failure=lambda tier, keys, exc: reports.append((tier, keys)),
+    )
+    l1.fail("set")
+    cache.set("k", 1)  # L1 lost: the call returns once L2 holds the value
+    assert l2.inner.get("k") == 1 and l1.inner.get("k") is None
+    assert reports == [("l1", ["k"])]
+    l2.fail("set", error=BackendUnavailableError("down", backend="l2"))
+    with pytest.raises(BothLayersFailed) as info:
+        cache.set("k", 2)
+    assert (info.value.l1.tier, info.value.l2.tier) == ("l1", "l2")
+    assert l2.inner.get("k") == 1
+
+
+def test_race_returns_when_local_l1_holds_the_value_and_l2_follows(
+    executor: concurrent.futures.Executor, offload: ThreadPoolOffload
+) -> None:
+    l2 = FaultyBackend(MemoryBackend(), "l2")
+    cache = TieredCache(MemoryBackend(), l2, write=RaceWrite(), executor=executor, offload=offload)
+    gate = l2.hold("set")
+    try:
+        cache.set("k", 1)  # returns while the L2 leg waits at the gate
+        assert cache.l1.get("k") == 1 and l2.inner.get("k") is None
+        assert l2.entered["set"].wait(5)
+    finally:
+        gate.set()
+        l2.release()
+    assert cache.drain(5)
+    assert l2.inner.get("k") == 1
+
+
 # -- ordering: no resurrection, also for legs already in flight -------------------------------
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "owns_current_thread",
     "run_inline",
     "start",
+    "submit",
 ]
 
 T = t.TypeVar("T")
@@ -91,6 +92,14 @@ def start(
     """Submit ``fn`` to ``executor``, or run it inline on a worker thread (or with no executor)."""
     if executor is None or must_run_inline(executor):
         return run_inline(fn)
+    return submit(fn, executor)
+
+
+def submit(
+    fn: t.Callable[[], T], executor: concurrent.futures.Executor
+) -> concurrent.futures.Future[T]:
+    """:func:`start` for a caller that already knows ``executor`` may take the work (see
+    :func:`must_run_inline`)."""
     try:
         return executor.submit(marked(fn))
     except RuntimeError:

@@ -224,6 +224,19 @@ class Backend(FriendlyAPI):
         self._counters.slot()[HITS] += 1
         return entry
 
+    def hit_reader(
+        self, count: t.Callable[[], object], otherwise: t.Callable[[str, t.Any], t.Any]
+    ) -> t.Callable[..., t.Any] | None:
+        """A ``get(key, default=None)`` that a composition in front of this backend (as its
+        L1) uses for its reads, or ``None`` (this default: the composition reads through
+        :meth:`get_entry`).
+
+        The reader returns the value of an unexpired entry without tags, counted as a hit
+        here and by calling ``count``; for anything else it returns ``otherwise(key,
+        default)``, which reads the ordinary way.
+        """
+        return None
+
     def get_entries(self, keys: t.Iterable[str]) -> dict[str, Entry]:
         """The unexpired entries of ``keys``, by key; missing keys are absent."""
         wanted = unique_keys(keys)

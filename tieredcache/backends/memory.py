@@ -190,6 +190,63 @@ class MemoryBackend(Backend):
         self._hit()
         return entry.value
 
+    def hit_reader(
+        self, count: t.Callable[[], object], otherwise: t.Callable[[str, t.Any], t.Any]
+    ) -> t.Callable[..., t.Any] | None:
+        """A ``get(key, default=None)`` for a composition in front of this L1 (see
+        :meth:`Backend.hit_reader <tieredcache.backends.base.Backend.hit_reader>`): one
+        call for an L1 hit, with every lookup it needs bound in advance.
+
+        ``None`` when this backend's reads cannot be taken that way: it stores serialized
+        values, or a subclass reads entries its own way.
+        """
+        if self.serializer is not None or type(self).get_entry is not MemoryBackend.get_entry:
+            return None
+        data_get = self._data.get
+        reads = self._reads
+        hit = self._hit
+        replay = self._replay_if_free
+        backend = self
+
+        if reads is None:
+
+            def get_unordered(key: str, default: t.Any = None) -> t.Any:
+                try:
+                    entry = data_get(key)
+                except TypeError:
+                    return otherwise(key, default)
+                if entry is None or entry.tags:
+                    return otherwise(key, default)
+                expires_at = entry.expires_at
+                if expires_at is not None and expires_at <= backend.timer():
+                    return otherwise(key, default)
+                hit()
+                count()
+                return entry.value
+
+            return get_unordered
+
+        append = reads.append
+
+        def get(key: str, default: t.Any = None) -> t.Any:
+            try:
+                entry = data_get(key)
+            except TypeError:
+                return otherwise(key, default)
+            if entry is None or entry.tags:
+                return otherwise(key, default)
+            expires_at = entry.expires_at
+            if expires_at is not None and expires_at <= backend.timer():
+                return otherwise(key, default)
+            append(key)
+            if len(reads) >= _READ_BUFFER and not backend._replaying:
+                replay()
+            hit()
+            count()
+            return entry.value
+
+        return get
+
     def _replay_if_free(self) -> None:
         """A reader found the read buffer full: replay it, unless the lock is taken (its
         holder replays it anyway; readers never wait).
@@ -240,6 +297,10 @@ class MemoryBackend(Backend):
 
     def set_entries(self, items: t.Mapping[str, Entry]) -> None:
         # Backend.set_entries without the driver-error boundary (see set_entry).
+        if len(items) == 1:  # a composition's set of one key
+            for key, entry in items.items():
+                self.set_entry(key, entry)
+            return
         now = self.timer()
         live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
         if live:

@@ -25,6 +25,7 @@ from tieredcache.errors import BothLayersFailed
 from tieredcache.executor import must_run_inline
 from tieredcache.executor import run_inline
 from tieredcache.executor import start
+from tieredcache.executor import submit
 from tieredcache.policies.base import PolicyContext
 from tieredcache.policies.base import tag_tier
 
@@ -149,6 +150,9 @@ class RaceWrite(WritePolicy):
         if must_run_inline(ctx.executor):
             _settle(_outcome(run_inline(l1)), _outcome(run_inline(l2)), ctx)
             return
+        if ctx.l1_local and self.loser is LoserPolicy.OFFLOAD:
+            self._local_first(l1, l2, ctx)
+            return
         f2 = start(l2, ctx.executor)
         if ctx.l1_local:
             f1 = run_inline(l1)
@@ -176,6 +180,25 @@ class RaceWrite(WritePolicy):
                     ctx.report(failed_tier, failure)
                 return
         raise BothLayersFailed(errors["l1"], errors["l2"], operation=ctx.operation)
+
+    def _local_first(self, l1: Leg, l2: Leg, ctx: PolicyContext) -> None:
+        """The race with an in-process L1 and an offloaded loser: L1's leg, on this thread,
+        finishes before a remote L2's could, so it runs first, and L2's leg is then handed to
+        the executor and adopted by the offload without waiting for it. Only when L1 failed
+        does the caller wait, for L2's outcome."""
+        f1 = run_inline(l1)
+        f2 = submit(l2, t.cast(concurrent.futures.Executor, ctx.executor))
+        failure = f1.exception()
+        if failure is None:
+            self._lose(f2, "l2", l2, ctx)
+            return
+        other = f2.exception()
+        if other is None:
+            ctx.report("l1", tag_tier(failure, "l1"))
+            return
+        raise BothLayersFailed(
+            tag_tier(failure, "l1"), tag_tier(other, "l2"), operation=ctx.operation
+        )
 
     def _lose(
         self, future: concurrent.futures.Future[object], tier: str, leg: Leg, ctx: PolicyContext

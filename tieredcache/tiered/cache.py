@@ -19,6 +19,7 @@ import concurrent.futures
 import inspect
 import logging
 import random
+import types
 import typing as t
 
 from tieredcache.backends.base import Backend
@@ -37,6 +38,7 @@ from tieredcache.events import BREAKER_OPENED
 from tieredcache.events import Events
 from tieredcache.executor import default_executor
 from tieredcache.keys import check_keys
+from tieredcache.offload.pool import default_offload
 from tieredcache.policies.base import tag_tier
 from tieredcache.policies.read import ReadPolicy
 from tieredcache.policies.read import SequentialRead
@@ -228,6 +230,11 @@ class TieredCache(CacheFeatures, Backend):
             events=events,
         )
         self._gate.events = events
+        if self._sequential_read and type(self).get is TieredCache.get:
+            # An L1 hit in one call; the reader calls this class's get for the rest.
+            reader = l1.hit_reader(self._count_l1_hit, types.MethodType(TieredCache.get, self))
+            if reader is not None:
+                self.get = reader  # type: ignore[method-assign]
         if breaker is not None:
             name = breaker.name
             breaker.on_open(lambda: events.emit(BREAKER_OPENED, breaker=name))
@@ -249,8 +256,6 @@ class TieredCache(CacheFeatures, Backend):
         """The offload carrying this cache's background work."""
         if self._offload is not None:
             return self._offload
-        from tieredcache.offload import default_offload
-
         return default_offload()
 
     @property
@@ -331,7 +336,9 @@ class TieredCache(CacheFeatures, Backend):
     # -- reads ------------------------------------------------------------------------
 
     def get(self, key: str, default: t.Any = None) -> t.Any:
-        # get_entry() inlined: an L1 hit is one call into L1 and one atomic count.
+        # get_entry() inlined: an L1 hit is one call into L1 and one atomic count. With an
+        # L1 that offers a hit reader, __init__ puts that reader in the instance's place of
+        # this method (an L1 hit is then one call in all), and it comes here for the rest.
         if self._sequential_read:
             try:
                 entry = self.l1.get_entry(key)

@@ -31,7 +31,6 @@ queues (the parent replays and announces them).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -62,6 +61,7 @@ from tieredcache.tiered.replay import delete_replay
 from tieredcache.tiered.replay import run_replays
 from tieredcache.tiered.replay import set_replay
 from tieredcache.tiered.replay import touch_replay
+from tieredcache.tiered.scope import OperationScope
 from tieredcache.tiered.worker import RetryWorker
 
 if t.TYPE_CHECKING:
@@ -145,6 +145,8 @@ class L2Gate:
         #: Where ``replay_done`` is emitted (set by the composition).
         self.events: Events | None = None
         self._last_failure = 0.0  # monotonic time of the last availability failure
+        #: The operation each thread is in (see :meth:`operation`).
+        self.scope = OperationScope()
         self._worker = RetryWorker(
             "tieredcache-l2gate",
             self._has_work,
@@ -162,7 +164,7 @@ class L2Gate:
     def _init_process_state(self) -> None:
         # Also the after-fork hook: the parent replays and announces what it queued, and
         # its worker thread does not exist here.
-        self._local = threading.local()
+        self.scope.after_fork()
         self.queue.after_fork()
         backplane = self.backplane
         self._announce = Announcements(0.0 if backplane is None else backplane.linger)
@@ -170,27 +172,16 @@ class L2Gate:
 
     # -- calls --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def operation(self) -> t.Iterator[None]:
-        """Group the L2 calls of one caller's operation: after an availability failure, the
-        rest of the operation fails fast instead of waiting for another timeout."""
-        local = self._local
-        depth = getattr(local, "depth", 0)
-        local.depth = depth + 1
-        if depth == 0:
-            local.failed = None
-            local.started = time.monotonic()
-        try:
-            yield
-        finally:
-            local.depth = depth
-            if depth == 0:
-                local.failed = None
+    def operation(self) -> OperationScope:
+        """Group the L2 calls of one caller's operation (``with gate.operation():``): after
+        an availability failure, the rest of the operation fails fast instead of waiting
+        for another timeout."""
+        return self.scope
 
     def call(self, fn: t.Callable[..., T], *args: t.Any) -> T:
         """Call ``fn(*args)`` on L2 through the breaker (see the module docstring)."""
-        local = self._local
-        failed = getattr(local, "failed", None)
+        scope = self.scope
+        failed = scope.failed
         if failed is not None:
             raise BackendUnavailableError(
                 f"l2 already failed during this operation: {failed}", backend="l2"
@@ -204,8 +195,7 @@ class L2Gate:
             self._last_failure = time.monotonic()
             if breaker is not None:
                 breaker.record_failure()
-            if getattr(local, "depth", 0):
-                local.failed = exc
+            scope.fail(exc)
             raise
         except BaseException:
             # The tier answered (a wrong type, a bad value, KeyError from incr...).
@@ -231,17 +221,15 @@ class L2Gate:
         """How long a leg may wait for an earlier write of the same key."""
         if self.timeout is None:
             return None
-        started: float | None = getattr(self._local, "started", None)
-        if started is None or not getattr(self._local, "depth", 0):
+        started = self.scope.started
+        if started is None:
             return self.timeout
         return max(0.0, started + self.timeout - time.monotonic())
 
     def _failed_while_waiting(self) -> bool:
         """True if L2 failed for availability after the calling operation began (it waited
         for a key held by a write that then timed out: no point in a second timeout)."""
-        if not getattr(self._local, "depth", 0):
-            return False
-        started: float | None = getattr(self._local, "started", None)
+        started = self.scope.started
         return started is not None and self._last_failure > started
 
     def absorb(self, kind: str, operation: str, keys: t.Sequence[str], exc: BaseException) -> None:

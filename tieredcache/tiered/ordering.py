@@ -204,6 +204,22 @@ class Ordering:
                 store(items)
             return len(items)
 
+    def refill_one(
+        self,
+        key: str,
+        token: ReadToken,
+        entry: Entry,
+        store: t.Callable[[str, Entry], object],
+        pending: t.Callable[[str], bool],
+    ) -> bool:
+        """:meth:`refill_batch` for one key: ``store(key, entry)`` under the table's lock,
+        unless the read may no longer refill or ``pending(key)``; True if stored."""
+        with self._lock:
+            if not self.refill_allowed(token) or pending(key):
+                return False
+            store(key, entry)
+            return True
+
     def refill_allowed(self, token: ReadToken) -> bool:
         """True if no write of the key began since the read did, none runs, and no clear."""
         state, issued, epoch = token
@@ -312,6 +328,8 @@ class WriteSlot:
         :raises KeyBusyError: a key's lock was not free within ``timeout`` seconds.
         """
         keys, states, seq = self.keys, self.states, self.seq
+        if len(keys) == 1:
+            return self._guarded_one(tier, op, mark, supersede, timeout)
         order = sorted(range(len(keys)), key=keys.__getitem__)
         taken: list[threading.Lock] = []
         try:
@@ -340,6 +358,36 @@ class WriteSlot:
             for lock in reversed(taken):
                 lock.release()
 
+    def _guarded_one(
+        self,
+        tier: int,
+        op: t.Callable[[list[str]], object],
+        mark: bool,
+        supersede: bool,
+        timeout: float | None,
+    ) -> object:
+        """:meth:`guarded` for a write of one key."""
+        state = self.states[0]
+        seq = self.seq
+        lock = state.lock(tier)
+        if timeout is None:
+            lock.acquire()
+        elif not lock.acquire(timeout=max(timeout, 0.0)):
+            raise KeyBusyError(
+                f"an earlier write of {self.keys[0]!r} held the key for {timeout:g}s",
+                backend="l2" if tier == L2 else "l1",
+            )
+        try:
+            written = state.written
+            if supersede and (seq < self._ordering.cleared or written[tier] > seq):
+                return None
+            result = op(self.keys)
+            if mark and written[tier] < seq:
+                written[tier] = seq
+            return result
+        finally:
+            lock.release()
+
 
 class Leg:
     """A layer's part of a write: runs at most once, and reports when it is over.
@@ -348,13 +396,12 @@ class Leg:
     started), so the bookkeeping still ends.
     """
 
-    __slots__ = ("_done", "_fn", "_lock", "_release")
+    __slots__ = ("_fn", "_pending", "_release")
 
     def __init__(self, fn: t.Callable[[], object], release: t.Callable[[], None]) -> None:
         self._fn = fn
         self._release = release
-        self._done = False
-        self._lock = threading.Lock()
+        self._pending = [True]  # emptied by the first finish: list.pop is atomic
 
     def __call__(self) -> object:
         try:
@@ -366,8 +413,8 @@ class Leg:
         self._finish()
 
     def _finish(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
+        try:
+            self._pending.pop()
+        except IndexError:  # already finished
+            return
         self._release()

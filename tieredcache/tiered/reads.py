@@ -222,7 +222,16 @@ class Reader:
         waits for replay (its answer then came from the replay queue, not from L2)."""
         now = self.cache.timer()
         try:
-            if self.l1.local:
+            if self.l1.local and len(from_l2) == 1:
+                ((key, entry),) = from_l2.items()
+                stored: int = self.ordering.refill_one(
+                    key,
+                    token_of[key],
+                    self.cache.cap(entry, now),
+                    self.l1.set_entry,
+                    self.gate.pending,
+                )
+            elif self.l1.local:
                 capped = {k: self.cache.cap(e, now) for k, e in from_l2.items()}
                 stored = self.ordering.refill_batch(
                     token_of, capped, self.l1.set_entries, lambda key: not self.gate.pending(key)

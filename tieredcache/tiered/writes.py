@@ -74,33 +74,41 @@ class Writer:
         self.ordering = ordering
         self.counters = counters
         self.policy = policy
+        #: The policy is SequentialWrite itself: its legs run here, in its order.
+        self.sequential = type(policy) is SequentialWrite
+        self.racing = isinstance(policy, RaceWrite)
         self.l2_stores_nothing = l2_stores_nothing
 
     def context(self, keys: t.Sequence[str], operation: str) -> PolicyContext:
         """What the write policy runs the legs of a write of ``keys`` with."""
+        cache = self.cache
+        offload = cache.offload if self.racing else None
+        return PolicyContext(
+            None if isinstance(self.policy, SequentialWrite) else cache.executor,
+            offload,
+            self.l1.local,
+            _Report(self, keys, operation),
+            operation,
+        )
 
-        def report(tier: str, exc: BaseException) -> None:
-            # A layer failure the policy absorbed: counted, logged (rate-limited), hooked.
-            self.counters.slot()[TIERED_INDEX[f"{tier}_write_errors"]] += 1
-            self.gate.log.warning(
-                f"{tier}-{operation}",
-                "tiered: %s %s of %d key(s) failed: %r",
-                tier,
-                operation,
-                len(keys),
-                exc,
-            )
-            hook = self.cache.on_partial_failure
-            if hook is not None:
-                try:
-                    hook(tier, list(keys), exc)
-                except Exception:
-                    logger.exception("tiered: on_partial_failure hook raised")
-
-        if isinstance(self.policy, SequentialWrite):
-            return PolicyContext(None, None, self.l1.local, report, operation)
-        offload = self.cache.offload if isinstance(self.policy, RaceWrite) else None
-        return PolicyContext(self.cache.executor, offload, self.l1.local, report, operation)
+    def report(self, keys: t.Sequence[str], operation: str, tier: str, exc: BaseException) -> None:
+        """A layer failure of a write of ``keys`` that the policy absorbed: counted, logged
+        (rate-limited) and passed to the composition's ``on_partial_failure`` hook."""
+        self.counters.slot()[TIERED_INDEX[f"{tier}_write_errors"]] += 1
+        self.gate.log.warning(
+            f"{tier}-{operation}",
+            "tiered: %s %s of %d key(s) failed: %r",
+            tier,
+            operation,
+            len(keys),
+            exc,
+        )
+        hook = self.cache.on_partial_failure
+        if hook is not None:
+            try:
+                hook(tier, list(keys), exc)
+            except Exception:
+                logger.exception("tiered: on_partial_failure hook raised")
 
     def write_l1(self, items: dict[str, Entry]) -> t.Callable[[list[str]], object]:
         """The L1 part of a set of ``items``."""
@@ -127,9 +135,23 @@ class Writer:
         if seq is None:
             seq = next_version()
         with gate.operation(), self.ordering.write(keys, seq) as slot:
-            leg1 = slot.leg(L1, self.write_l1({k: self.cache.cap(e, now) for k, e in live.items()}))
-            leg2 = gate.leg(slot, gate.set_op(live, slot.seq), set_replay(live))
-            self.policy.execute(leg1, leg2, self.context(keys, "set"))
+            l1_op = self.write_l1({k: self.cache.cap(e, now) for k, e in live.items()})
+            l2_op = gate.set_op(live, seq)
+            if self.sequential:
+                # SequentialWrite.execute, run here without handing out legs: L1, then L2;
+                # an L1 failure leaves L2 unwritten (the slot ends its leg).
+                try:
+                    slot.run(L1, l1_op)
+                except Exception as exc:
+                    raise tag_tier(exc, "l1") from None
+                try:
+                    gate.run(slot, l2_op, set_replay(live))
+                except Exception as exc:
+                    raise tag_tier(exc, "l2") from None
+            else:
+                leg1 = slot.leg(L1, l1_op)
+                leg2 = gate.leg(slot, l2_op, set_replay(live))
+                self.policy.execute(leg1, leg2, self.context(keys, "set"))
         self.counters.slot()[_SETS] += len(keys)
 
     def add(self, key: str, entry: Entry) -> bool:
@@ -304,3 +326,17 @@ class Writer:
             raise BothLayersFailed(errors["l1"], errors["l2"], operation="clear")
         for failure in errors.values():
             raise failure
+
+
+class _Report:
+    """``report(tier, exc)`` of a policy context: :meth:`Writer.report` for one write."""
+
+    __slots__ = ("keys", "operation", "writer")
+
+    def __init__(self, writer: Writer, keys: t.Sequence[str], operation: str) -> None:
+        self.writer = writer
+        self.keys = keys
+        self.operation = operation
+
+    def __call__(self, tier: str, exc: BaseException) -> None:
+        self.writer.report(self.keys, self.operation, tier, exc)

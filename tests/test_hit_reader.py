@@ -1,0 +1,150 @@
+"""The L1 hit reader: a composition over a MemoryBackend answers an L1 hit in one call, and
+answers everything else (misses, expiry, tags, bad keys) exactly as the ordinary read path."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from tieredcache import InvalidKeyError
+from tieredcache import MemoryBackend
+from tieredcache import TieredCache
+from tieredcache.entry import Entry
+from tieredcache.testing.clock import FakeClock
+
+
+class PlainReads(MemoryBackend):
+    """A MemoryBackend whose composition reads through get_entry (no hit reader)."""
+
+    def hit_reader(self, count: t.Any, otherwise: t.Any) -> None:
+        return None
+
+
+def _pair(clock: FakeClock, policy: str = "lru") -> tuple[TieredCache, TieredCache]:
+    fast = TieredCache(MemoryBackend(8, policy=policy, timer=clock), MemoryBackend(64, timer=clock))
+    plain = TieredCache(PlainReads(8, policy=policy, timer=clock), MemoryBackend(64, timer=clock))
+    return fast, plain
+
+
+def test_an_l1_hit_is_the_reader_and_counts_as_before() -> None:
+    clock = FakeClock()
+    fast, plain = _pair(clock)
+    assert "get" in vars(fast) and "get" not in vars(plain)
+    for cache in (fast, plain):
+        cache.set("k", "v", ttl=10)
+        assert cache.get("k") == "v"
+        assert cache.get("absent", "d") == "d"
+    assert fast.stats() == plain.stats()
+    assert fast.l1.stats() == plain.l1.stats()
+    assert fast.stats()["l1_hits"] == 1
+
+
+def test_an_l1_hit_counts_as_recent_use() -> None:
+    clock = FakeClock()
+    fast = TieredCache(MemoryBackend(3, timer=clock), MemoryBackend(8, timer=clock))
+    for key in "abc":
+        fast.set(key, key)
+    assert fast.get("a") == "a"  # a is now the most recently used
+    fast.set("d", "d")  # evicts the least recently used from L1: b
+    assert sorted(fast.l1.iter_keys()) == ["a", "c", "d"]
+
+
+def test_an_expired_l1_entry_is_not_served() -> None:
+    clock = FakeClock()
+    fast = TieredCache(MemoryBackend(8, timer=clock), MemoryBackend(8, timer=clock), l1_ttl=1)
+    fast.set("k", "v", ttl=10)
+    fast.l2.set("k", "newer", ttl=10)
+    clock.advance(2)  # L1's copy has expired; L2's has not
+    assert fast.get("k") == "newer"
+    assert fast.stats()["l2_hits"] == 1
+
+
+def test_bad_keys_raise_as_before() -> None:
+    fast, _ = _pair(FakeClock())
+    with pytest.raises(InvalidKeyError):
+        fast.get(b"k")  # type: ignore[arg-type]
+    with pytest.raises(InvalidKeyError):
+        fast.get(["unhashable"])  # type: ignore[arg-type]
+
+
+def test_a_subclass_get_and_an_l1_subclass_reading_its_own_way_are_kept() -> None:
+    class Counted(TieredCache):
+        calls = 0
+
+        def get(self, key: str, default: t.Any = None) -> t.Any:
+            Counted.calls += 1
+            return super().get(key, default)
+
+    class OwnReads(MemoryBackend):
+        def get_entry(self, key: str) -> Entry | None:
+            return super().get_entry(key)
+
+    counted = Counted(MemoryBackend(8), MemoryBackend(8))
+    counted.set("k", 1)
+    assert counted.get("k") == 1 and Counted.calls == 1
+    own = TieredCache(OwnReads(8), MemoryBackend(8))
+    assert "get" not in vars(own)
+    serialized = TieredCache(MemoryBackend(8, serializer=_pickle()), MemoryBackend(8))
+    assert "get" not in vars(serialized)
+
+
+def _pickle() -> t.Any:
+    from tieredcache import PickleSerializer
+
+    return PickleSerializer()
+
+
+def test_a_replaced_l1_clock_is_read_on_every_hit() -> None:
+    clock = FakeClock()
+    fast = TieredCache(MemoryBackend(8, timer=clock), MemoryBackend(8, timer=clock), l1_ttl=5)
+    fast.set("k", "v", ttl=60)
+    later = FakeClock(clock() + 10)
+    fast.l1.timer = later
+    fast.l2.delete("k")
+    assert fast.get("k") is None  # expired by the new clock: not served from L1
+
+
+_KEYS = st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), _KEYS, st.integers(0, 3), st.sampled_from([(), ("t",)])),
+        st.tuples(st.just("get"), _KEYS),
+        st.tuples(st.just("delete"), _KEYS),
+        st.tuples(st.just("advance"), st.floats(0, 2)),
+        st.tuples(
+            st.just("invalidate"),
+        ),
+        st.tuples(st.just("l2-drop"), _KEYS),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_OPS, policy=st.sampled_from(["lru", "lfu", "fifo"]))
+def test_reads_answer_as_the_ordinary_path(ops: list[tuple[t.Any, ...]], policy: str) -> None:
+    """With and without the hit reader, every read returns the same and the counters agree."""
+    clock = FakeClock()
+    fast, plain = _pair(clock, policy)
+    for op in ops:
+        for cache in (fast, plain):
+            kind = op[0]
+            if kind == "set":
+                cache.set(op[1], op[2], ttl=1 + op[2], tags=op[3])
+            elif kind == "delete":
+                cache.delete(op[1])
+            elif kind == "invalidate":
+                cache.invalidate_tags(["t"])
+            elif kind == "l2-drop":
+                cache.l2.delete(op[1])
+        if op[0] == "advance":
+            clock.advance(op[1])
+        elif op[0] == "get":
+            assert fast.get(op[1], "default") == plain.get(op[1], "default")
+    assert fast.stats() == plain.stats()
+    assert fast.l1.stats() == plain.l1.stats()
+    assert sorted(fast.l1.iter_keys()) == sorted(plain.l1.iter_keys())
