@@ -129,20 +129,24 @@ class Ordering:
     def begin_read(self, keys: t.Sequence[str]) -> list[ReadToken]:
         """Register reads of ``keys``; returns ``(state, issued, cleared)`` snapshots."""
         with self._lock:
+            epoch = max(self.cleared, self.l1_reset)
+            states = self._states
             tokens = []
             for key in keys:
-                state = self._states.get(key)
+                state = states.get(key)
                 if state is None:
-                    state = self._states[key] = KeyState()
+                    state = states[key] = KeyState()
                 state.readers += 1
-                tokens.append((state, _issued(state), max(self.cleared, self.l1_reset)))
+                tokens.append((state, _issued(state), epoch))
             return tokens
 
     def end_read(self, keys: t.Sequence[str], tokens: t.Sequence[ReadToken]) -> None:
         with self._lock:
+            states = self._states
             for key, (state, _, _) in zip(keys, tokens):
                 state.readers -= 1
-                self._drop_locked(key, state)
+                if state.readers == 0 and state.writers == 0 and states.get(key) is state:
+                    del states[key]
 
     def begin_read_one(self, key: str) -> ReadToken:
         """:meth:`begin_read` for one key."""
@@ -188,18 +192,24 @@ class Ordering:
         token_of: t.Mapping[str, ReadToken],
         entries: t.Mapping[str, Entry],
         store: t.Callable[[dict[str, Entry]], object],
-        also: t.Callable[[str], bool],
+        also: t.Callable[[str], bool] | None,
     ) -> int:
         """Store the ``entries`` whose read may still refill (see :meth:`refill_allowed`)
-        and for which ``also(key)`` holds, with ``store``, all under the table's lock: a
-        write that begins meanwhile waits for it and lands after. For an in-process L1,
-        where this costs less than a lock per key. How many were stored."""
+        and for which ``also(key)`` holds (unless ``None``), with ``store``, all under the
+        table's lock: a write that begins meanwhile waits for it and lands after. For an
+        in-process L1, where this costs less than a lock per key. How many were stored."""
         with self._lock:
-            items = {
-                key: entry
-                for key, entry in entries.items()
-                if self.refill_allowed(token_of[key]) and also(key)
-            }
+            epoch = max(self.cleared, self.l1_reset)
+            items = {}
+            for key, entry in entries.items():
+                state, issued, began = token_of[key]
+                if (
+                    state.issued == issued
+                    and state.writers == 0
+                    and began == epoch
+                    and (also is None or also(key))
+                ):
+                    items[key] = entry
             if items:
                 store(items)
             return len(items)

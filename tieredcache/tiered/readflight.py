@@ -111,6 +111,42 @@ class ReadFlights:
             self.led += 1
             return flight, True
 
+    def join_many(
+        self, keys: t.Iterable[str], token_of: t.Mapping[str, ReadToken]
+    ) -> tuple[dict[str, Flight], dict[str, Flight]]:
+        """:meth:`join` for each of ``keys`` (a batch read), under one lock: the flights
+        the caller leads, and the ones it shares, by key."""
+        ordering = self.ordering
+        led: dict[str, Flight] = {}
+        shared: dict[str, Flight] = {}
+        with self._lock:
+            flights = self._flights
+            for key in keys:
+                flight = flights.get(key)
+                if flight is not None and ordering.refill_allowed(flight.token):
+                    flight.add_waiter()
+                    shared[key] = flight
+                else:
+                    flights[key] = led[key] = Flight(token_of[key])
+            self.shared += len(shared)
+            self.led += len(led)
+        return led, shared
+
+    def land_many(
+        self,
+        led: t.Mapping[str, Flight],
+        found: t.Mapping[str, Entry],
+        error: BaseException | None = None,
+    ) -> None:
+        """:meth:`land` for each flight of ``led`` (a batch read's), under one lock."""
+        with self._lock:
+            flights = self._flights
+            for key, flight in led.items():
+                if flights.get(key) is flight:
+                    del flights[key]
+        for key, flight in led.items():
+            flight.finish(found.get(key), error)
+
     def land(
         self, key: str, flight: Flight, entry: Entry | None, error: BaseException | None = None
     ) -> None:

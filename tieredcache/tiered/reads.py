@@ -149,21 +149,15 @@ class Reader:
 
         def read(wanted: list[str]) -> dict[str, Entry]:
             reads = self.flights
-            led: dict[str, Flight] = {}
-            shared: dict[str, Flight] = {}
-            for key in wanted:
-                flight, leader = reads.join(key, token_of[key])
-                (led if leader else shared)[key] = flight
+            led, shared = reads.join_many(wanted, token_of)
             found: dict[str, Entry] = {}
             if led:
                 try:
                     found = self.read_l2(list(led))
                 except BaseException as exc:
-                    for key, flight in led.items():
-                        reads.land(key, flight, None, exc)
+                    reads.land_many(led, {}, exc)
                     raise
-                for key, flight in led.items():
-                    reads.land(key, flight, found.get(key))
+                reads.land_many(led, found)
             # Only now wait for others: a batch never waits while it leads (no cycles).
             shared_keys.update(shared)
             for key, flight in shared.items():
@@ -232,9 +226,21 @@ class Reader:
                     self.gate.pending,
                 )
             elif self.l1.local:
-                capped = {k: self.cache.cap(e, now) for k, e in from_l2.items()}
+                cache = self.cache
+                capped = (
+                    from_l2
+                    if cache.l1_ttl is None
+                    else {k: cache.cap(e, now) for k, e in from_l2.items()}
+                )
+                # A key whose write waits for replay was answered from the queue, not L2.
+                # With the queue empty now, none was: a write queued since began before
+                # this read and, running when it began, forbids the refill anyway.
+                gate = self.gate
                 stored = self.ordering.refill_batch(
-                    token_of, capped, self.l1.set_entries, lambda key: not self.gate.pending(key)
+                    token_of,
+                    capped,
+                    self.l1.set_entries,
+                    (lambda key: not gate.pending(key)) if gate.queue else None,
                 )
             else:
                 stored = self._refill_locked(token_of, from_l2, now)
