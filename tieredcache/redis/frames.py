@@ -50,6 +50,21 @@ class FrameReader:
         else:
             self._buffer += data
 
+    def feed_from(self, buffer: bytearray, length: int) -> None:
+        """Add the first ``length`` bytes of ``buffer`` (a receive buffer used again for the
+        next read: they are copied, once)."""
+        if self._reader is not None:
+            self._reader.feed(buffer, 0, length)
+        else:
+            self._buffer += memoryview(buffer)[:length]
+
+    @property
+    def pending(self) -> bool:
+        """Whether bytes of a frame not yet complete are held."""
+        if self._reader is not None:
+            return bool(self._reader.has_data())
+        return bool(self._buffer)
+
     def frames(self) -> list[Frame]:
         """Every complete frame fed so far, in order.
 
