@@ -100,10 +100,19 @@ class DirectCommands:
         reader's own parser).
     :param read_size: the size of each connection's receive buffer; a longer reply takes
         several reads.
+    :param timer: the monotonic clock that tells how long a connection was idle.
     """
 
-    def __init__(self, pool: t.Any, *, use_hiredis: bool = True, read_size: int = 65536) -> None:
+    def __init__(
+        self,
+        pool: t.Any,
+        *,
+        use_hiredis: bool = True,
+        read_size: int = 65536,
+        timer: t.Callable[[], float] = time.monotonic,
+    ) -> None:
         self._pool = pool
+        self._timer = timer
         self._limit = int(getattr(pool, "max_connections", None) or 2**31)
         self._use_hiredis = use_hiredis
         self._read_size = read_size
@@ -142,7 +151,7 @@ class DirectCommands:
         :raises redis.exceptions.ConnectionError: the connection failed (retry elsewhere).
         :raises redis.exceptions.TimeoutError: no reply within the socket timeout.
         """
-        now = time.monotonic()
+        now = self._timer()
         try:
             link = self._idle.pop()
         except IndexError:
