@@ -1,8 +1,12 @@
-"""The direct protocol path: simple commands written straight to redis-py's connection
-layer (see :class:`DirectCommands`).
+"""The direct protocol path: simple commands written on a connection's socket and their
+replies parsed from what it reads (see :class:`DirectCommands`).
 
 On a loopback server redis-py's own Python is about a third of a ``GET``; ``GET``, ``MGET``,
-``SET`` and ``UNLINK`` of a plain client skip its command dispatch and go through here.
+``SET`` and ``UNLINK`` of a plain client skip its command dispatch and its connection
+layer's send and read wrappers, and go through here: one ``sendall``, then ``recv_into`` a
+buffer of the connection's own until the replies are complete
+(:class:`~tieredcache.redis.frames.FrameReader`). The connection itself is made and
+connected by redis-py (TLS, credentials, database, timeouts).
 """
 
 from __future__ import annotations

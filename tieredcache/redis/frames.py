@@ -5,7 +5,8 @@ A subscriber connection receives nothing but pushed frames (RESP2 arrays or RESP
 the bytes read from the socket into those frames, many per ``recv`` when messages come in
 bursts, with ``hiredis`` when it is installed and with a small parser of its own
 otherwise; the subscriber loop of :mod:`tieredcache.redis.pubsub` reads with it instead of
-one driver call per message.
+one driver call per message. The direct protocol path (:mod:`tieredcache.redis.direct`)
+parses the replies to its commands with it too.
 """
 
 from __future__ import annotations
