@@ -5,7 +5,8 @@ A subscriber connection receives nothing but pushed frames (RESP2 arrays or RESP
 the bytes read from the socket into those frames, many per ``recv`` when messages come in
 bursts, with ``hiredis`` when it is installed and with a small parser of its own
 otherwise; the subscriber loop of :mod:`tieredcache.redis.pubsub` reads with it instead of
-one driver call per message.
+one driver call per message. The direct protocol path (:mod:`tieredcache.redis.direct`)
+parses the replies to its commands with it too.
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ class FrameReader:
             self._reader.feed(data)
         else:
             self._buffer += data
+
+    def feed_from(self, buffer: bytearray, length: int) -> None:
+        """Add the first ``length`` bytes of ``buffer`` (a receive buffer used again for the
+        next read: they are copied, once)."""
+        if self._reader is not None:
+            self._reader.feed(buffer, 0, length)
+        else:
+            self._buffer += memoryview(buffer)[:length]
+
+    @property
+    def pending(self) -> bool:
+        """Whether bytes of a frame not yet complete are held."""
+        if self._reader is not None:
+            return bool(self._reader.has_data())
+        return bool(self._buffer)
 
     def frames(self) -> list[Frame]:
         """Every complete frame fed so far, in order.
