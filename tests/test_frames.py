@@ -118,3 +118,33 @@ def test_a_closed_connection_is_a_connection_error(redis_url: str) -> None:
     finally:
         pubsub.close()
         client.close()
+
+
+@pytest.mark.parametrize("use_hiredis", PARSERS)
+def test_fed_one_byte_at_a_time_from_a_reused_buffer(use_hiredis: bool) -> None:
+    # What the direct path does: each read lands in the same buffer, and its first bytes are
+    # fed; nothing is pending once every frame came out.
+    pieces = [
+        b"*3\r\n*2\r\n$1\r\na\r\n$-1\r\n*0\r\n*-1\r\n",
+        b"+OK\r\n",
+        b"-WRONGTYPE Operation against a key\r\n",
+        b":-7\r\n",
+        b"$0\r\n\r\n",
+    ]
+    data = b"".join(pieces)
+    ends = {sum(len(piece) for piece in pieces[: i + 1]) for i in range(len(pieces))}
+    reader = FrameReader(use_hiredis=use_hiredis)
+    buffer = bytearray(4)
+    received: list[t.Any] = []
+    for at in range(len(data)):
+        buffer[0] = data[at]
+        reader.feed_from(buffer, 1)
+        received.extend(reader.frames())
+        if at + 1 in ends:
+            assert not reader.pending
+        elif not use_hiredis:  # hiredis does not tell of an array it has begun
+            assert reader.pending
+    error = received[2]
+    assert isinstance(error, redis.exceptions.ResponseError)
+    assert str(error) == "WRONGTYPE Operation against a key"
+    assert received[:2] + received[3:] == [[[b"a", None], [], None], b"OK", -7, b""]

@@ -171,7 +171,7 @@ class DirectCommands:
                 clean = True
             else:
                 got = link.exchange(packed, replies)
-                # Nothing more than the replies was read: the connection can be used again.
+                # Nothing read beyond the replies (as far as the reader tells): it can be reused.
                 clean = len(got) == replies and not link.reader.pending
             if replies == 1:
                 reply = got[0]

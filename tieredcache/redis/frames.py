@@ -43,6 +43,8 @@ class FrameReader:
         if use_hiredis and hiredis is not None:
             self._reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
         self._buffer = bytearray()
+        #: Arrays being read, outermost first: the items so far and how many are missing.
+        self._arrays: list[tuple[list[Frame], int]] = []
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the socket."""
@@ -61,10 +63,12 @@ class FrameReader:
 
     @property
     def pending(self) -> bool:
-        """Whether bytes of a frame not yet complete are held."""
+        """Whether bytes fed are held that no frame returned so far took. ``hiredis`` tells
+        only of bytes it has not parsed yet, not of an array whose header it has parsed, so
+        with it a frame begun is not always seen; at a frame's end this is ``False``."""
         if self._reader is not None:
             return bool(self._reader.has_data())
-        return bool(self._buffer)
+        return bool(self._buffer) or bool(self._arrays)
 
     def frames(self) -> list[Frame]:
         """Every complete frame fed so far, in order.
@@ -82,62 +86,68 @@ class FrameReader:
             except hiredis.ProtocolError as exc:
                 raise ProtocolError(str(exc)) from exc
         buffer = self._buffer
-        at = 0
-        while True:
-            parsed = _parse(buffer, at)
-            if parsed is None:
-                break
-            frame, at = parsed
-            out.append(frame)
+        at = self._parse_into(out)
         if at:
-            del buffer[:at]
+            del buffer[:at]  # cheap at the front of a bytearray
         return out
 
-
-def _line(buffer: bytearray, at: int) -> tuple[bytes, int] | None:
-    end = buffer.find(b"\r\n", at)
-    if end < 0:
-        return None
-    return bytes(buffer[at:end]), end + 2
-
-
-def _parse(buffer: bytearray, at: int) -> tuple[Frame, int] | None:
-    """One frame from ``buffer`` at ``at``: ``(frame, next index)``, or ``None`` if incomplete."""
-    line = _line(buffer, at)
-    if line is None:
-        return None
-    head, at = line
-    if not head:
-        raise ProtocolError("empty RESP line")
-    kind, rest = head[:1], head[1:]
-    try:
-        if kind == b"+":
-            return rest, at
-        if kind == b"-":
-            return redis.exceptions.ResponseError(rest.decode("utf-8", "replace")), at
-        if kind == b":":
-            return int(rest), at
-        if kind == b"_":
-            return None, at
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None, at
-            if len(buffer) < at + size + 2:
-                return None
-            return bytes(buffer[at : at + size]), at + size + 2
-        if kind in (b"*", b">"):
-            count = int(rest)
-            if count < 0:
-                return None, at
-            items: list[Frame] = []
-            for _ in range(count):
-                parsed = _parse(buffer, at)
-                if parsed is None:
-                    return None
-                item, at = parsed
-                items.append(item)
-            return items, at
-    except ValueError as exc:
-        raise ProtocolError(f"bad RESP header {head!r}") from exc
-    raise ProtocolError(f"unexpected RESP type {kind!r}")
+    def _parse_into(self, out: list[Frame]) -> int:
+        """Append the frames complete in the buffer to ``out``; return how many bytes they
+        took. An array in progress is kept with the items it has (``self._arrays``), so a
+        long reply cut into many reads is parsed once, not again from its start."""
+        buffer = self._buffer
+        arrays = self._arrays
+        size = len(buffer)
+        at = 0
+        while True:
+            end = buffer.find(b"\r\n", at)
+            if end < 0:
+                return at
+            if end == at:
+                raise ProtocolError("empty RESP line")
+            kind = buffer[at]
+            try:
+                if kind == 36:  # $ bulk string
+                    length = int(buffer[at + 1 : end])
+                    if length < 0:
+                        frame: Frame = None
+                        at = end + 2
+                    elif size < end + length + 4:
+                        return at  # the header is read again with the rest
+                    else:
+                        frame = bytes(buffer[end + 2 : end + 2 + length])
+                        at = end + length + 4
+                elif kind == 42 or kind == 62:  # * array, > push
+                    count = int(buffer[at + 1 : end])
+                    at = end + 2
+                    if count > 0:
+                        arrays.append(([], count))
+                        continue
+                    frame = None if count < 0 else []
+                elif kind == 43:  # + simple string
+                    frame = bytes(buffer[at + 1 : end])
+                    at = end + 2
+                elif kind == 58:  # : integer
+                    frame = int(buffer[at + 1 : end])
+                    at = end + 2
+                elif kind == 45:  # - error
+                    message = buffer[at + 1 : end].decode("utf-8", "replace")
+                    frame = redis.exceptions.ResponseError(message)
+                    at = end + 2
+                elif kind == 95:  # _ null
+                    frame = None
+                    at = end + 2
+                else:
+                    raise ProtocolError(f"unexpected RESP type {bytes(buffer[at : at + 1])!r}")
+            except ValueError as exc:
+                raise ProtocolError(f"bad RESP header {bytes(buffer[at:end])!r}") from exc
+            while arrays:  # the frame is an item of the innermost array in progress
+                items, missing = arrays[-1]
+                items.append(frame)
+                if missing > 1:
+                    arrays[-1] = (items, missing - 1)
+                    break
+                arrays.pop()
+                frame = items
+            else:
+                out.append(frame)
