@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import tracemalloc
 import typing as t
@@ -167,6 +168,58 @@ class MemoryBoundMachine(RuleBasedStateMachine):
 
 TestMemoryBounds = MemoryBoundMachine.TestCase
 TestMemoryBounds.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+class EvictionOrderMachine(RuleBasedStateMachine):
+    """Batch writes (one call into the order) evict exactly as writes of one key at a time:
+    the backend holds what an LRU or FIFO model of ``maxsize`` entries holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy = "lru"
+        self.backend = MemoryBackend(4, policy=self.policy)
+        self.model: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    keys = st.sampled_from("abcdefgh")
+
+    @rule(policy=st.sampled_from(["lru", "fifo"]))
+    def restart(self, policy: str) -> None:
+        self.policy = policy
+        self.backend = MemoryBackend(4, policy=policy)
+        self.model.clear()
+
+    def _store(self, key: str, value: int) -> None:
+        self.model.pop(key, None)
+        self.model[key] = value
+        while len(self.model) > 4:
+            self.model.popitem(last=False)
+
+    @rule(items=st.dictionaries(keys, st.integers(0, 9), min_size=2, max_size=6))
+    def set_many(self, items: dict[str, int]) -> None:
+        self.backend.set_many(items)
+        for key, value in items.items():
+            self._store(key, value)
+
+    @rule(key=keys, value=st.integers(0, 9))
+    def set(self, key: str, value: int) -> None:
+        self.backend.set(key, value)
+        self._store(key, value)
+
+    @rule(key=keys)
+    def get(self, key: str) -> None:
+        assert self.backend.get(key) == self.model.get(key)
+        if key in self.model and self.policy == "lru":
+            self.model.move_to_end(key)
+
+    @invariant()
+    def same_entries(self) -> None:
+        # iter_keys records no reads: checking leaves the eviction order as it is.
+        assert sorted(self.backend.iter_keys()) == sorted(self.model)
+        self.backend._check_invariants()
+
+
+TestEvictionOrder = EvictionOrderMachine.TestCase
+TestEvictionOrder.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
 
 
 # -- max_bytes bounds what the process really holds ---------------------------------------------

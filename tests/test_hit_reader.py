@@ -20,7 +20,7 @@ from tieredcache.testing.clock import FakeClock
 class PlainReads(MemoryBackend):
     """A MemoryBackend whose composition reads through get_entry (no hit reader)."""
 
-    def hit_reader(self, count: t.Any, otherwise: t.Any) -> None:
+    def hit_reader(self, count: t.Any, otherwise: t.Any, missed: t.Any = None) -> None:
         return None
 
 

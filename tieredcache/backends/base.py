@@ -225,15 +225,19 @@ class Backend(FriendlyAPI):
         return entry
 
     def hit_reader(
-        self, count: t.Callable[[], object], otherwise: t.Callable[[str, t.Any], t.Any]
+        self,
+        count: t.Callable[[], object],
+        otherwise: t.Callable[[str, t.Any], t.Any],
+        missed: t.Callable[[str, t.Any], t.Any] | None = None,
     ) -> t.Callable[..., t.Any] | None:
         """A ``get(key, default=None)`` that a composition in front of this backend (as its
         L1) uses for its reads, or ``None`` (this default: the composition reads through
         :meth:`get_entry`).
 
         The reader returns the value of an unexpired entry without tags, counted as a hit
-        here and by calling ``count``; for anything else it returns ``otherwise(key,
-        default)``, which reads the ordinary way.
+        here and by calling ``count``. For a valid key this backend does not hold it counts
+        a miss and returns ``missed(key, default)`` (``otherwise`` when ``None``); for
+        anything else it returns ``otherwise(key, default)``, which reads the ordinary way.
         """
         return None
 

@@ -30,6 +30,7 @@ from tieredcache.backends.base import SETS
 from tieredcache.backends.base import Backend
 from tieredcache.backends.base import logger
 from tieredcache.backends.memory_order import POLICIES
+from tieredcache.backends.memory_order import LinkedOrder
 from tieredcache.backends.memory_order import new_order
 from tieredcache.backends.sizing import deep_sizeof
 from tieredcache.entry import Entry
@@ -191,7 +192,10 @@ class MemoryBackend(Backend):
         return entry.value
 
     def hit_reader(
-        self, count: t.Callable[[], object], otherwise: t.Callable[[str, t.Any], t.Any]
+        self,
+        count: t.Callable[[], object],
+        otherwise: t.Callable[[str, t.Any], t.Any],
+        missed: t.Callable[[str, t.Any], t.Any] | None = None,
     ) -> t.Callable[..., t.Any] | None:
         """A ``get(key, default=None)`` for a composition in front of this L1 (see
         :meth:`Backend.hit_reader <tieredcache.backends.base.Backend.hit_reader>`): one
@@ -205,42 +209,27 @@ class MemoryBackend(Backend):
         data_get = self._data.get
         reads = self._reads
         hit = self._hit
+        miss = self._miss
         replay = self._replay_if_free
         backend = self
-
-        if reads is None:
-
-            def get_unordered(key: str, default: t.Any = None) -> t.Any:
-                try:
-                    entry = data_get(key)
-                except TypeError:
-                    return otherwise(key, default)
-                if entry is None or entry.tags:
-                    return otherwise(key, default)
-                expires_at = entry.expires_at
-                if expires_at is not None and expires_at <= backend.timer():
-                    return otherwise(key, default)
-                hit()
-                count()
-                return entry.value
-
-            return get_unordered
-
-        append = reads.append
+        after_miss = otherwise if missed is None else missed
 
         def get(key: str, default: t.Any = None) -> t.Any:
             try:
                 entry = data_get(key)
             except TypeError:
                 return otherwise(key, default)
-            if entry is None or entry.tags:
-                return otherwise(key, default)
+            if entry is None:
+                check_key(key)
+                miss()
+                return after_miss(key, default)
             expires_at = entry.expires_at
-            if expires_at is not None and expires_at <= backend.timer():
+            if entry.tags or (expires_at is not None and expires_at <= backend.timer()):
                 return otherwise(key, default)
-            append(key)
-            if len(reads) >= _READ_BUFFER and not backend._replaying:
-                replay()
+            if reads is not None:
+                reads.append(key)
+                if len(reads) >= _READ_BUFFER and not backend._replaying:
+                    replay()
             hit()
             count()
             return entry.value
@@ -441,6 +430,28 @@ class MemoryBackend(Backend):
             self._store_locked(key, stored, size)
 
     def _set_many(self, items: dict[str, Entry]) -> None:
+        order = self._order
+        if self.serializer is None and self.max_bytes is None and type(order) is LinkedOrder:
+            # Entries as they are, each accounted as 1: the order takes the keys in one call
+            # (what _store_locked does per key, evicting once all are in).
+            plain = {
+                key: entry
+                if entry.wire is None
+                else Entry(entry.value, entry.expires_at, entry.version, entry.stale_at, entry.tags)
+                for key, entry in items.items()
+            }
+            data = self._data
+            with self._lock:
+                reads = self._reads
+                if reads:
+                    order.replay(reads)
+                order.add_units(plain)
+                data.update(plain)
+                if order.evicted:
+                    for gone in order.evicted:
+                        data.pop(gone, None)
+                    order.evicted.clear()
+            return
         frozen = {key: self._freeze(entry) for key, entry in items.items()}
         for key, (_, size) in frozen.items():
             self._check_size(key, size)

@@ -64,6 +64,23 @@ class LinkedOrder:
     def __delitem__(self, key: str) -> None:
         self.currsize -= self._od.pop(key)
 
+    def add_units(self, keys: t.Iterable[str]) -> None:
+        """``self[key] = 1`` for each of ``keys`` in turn (a count bound: every entry
+        accounts for 1), evicting the oldest once all are in."""
+        od = self._od
+        pop = od.pop
+        added = 0
+        for key in keys:
+            old = pop(key, None)
+            if old is None:
+                added += 1
+            else:
+                added += 1 - old
+            od[key] = 1
+        self.currsize += added
+        while self.currsize > self.maxsize:
+            self.popitem()
+
     def popitem(self) -> tuple[str, int]:
         key, size = self._od.popitem(last=False)
         self.currsize -= size

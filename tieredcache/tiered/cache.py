@@ -231,8 +231,8 @@ class TieredCache(CacheFeatures, Backend):
         )
         self._gate.events = events
         if self._sequential_read and type(self).get is TieredCache.get:
-            # An L1 hit in one call; the reader calls this class's get for the rest.
-            reader = l1.hit_reader(self._count_l1_hit, types.MethodType(TieredCache.get, self))
+            rest = types.MethodType(TieredCache.get, self)  # an L1 hit in one call
+            reader = l1.hit_reader(self._count_l1_hit, rest, self._reader.after_l1_miss)
             if reader is not None:
                 self.get = reader  # type: ignore[method-assign]
         if breaker is not None:
@@ -336,9 +336,8 @@ class TieredCache(CacheFeatures, Backend):
     # -- reads ------------------------------------------------------------------------
 
     def get(self, key: str, default: t.Any = None) -> t.Any:
-        # get_entry() inlined: an L1 hit is one call into L1 and one atomic count. With an
-        # L1 that offers a hit reader, __init__ puts that reader in the instance's place of
-        # this method (an L1 hit is then one call in all), and it comes here for the rest.
+        # get_entry() inlined. An L1 that offers a hit reader has it take this method's
+        # place on the instance (see __init__); it comes here for what is not a hit.
         if self._sequential_read:
             try:
                 entry = self.l1.get_entry(key)

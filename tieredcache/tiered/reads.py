@@ -129,6 +129,12 @@ class Reader:
             ordering.end_read_one(key, token)
         return entry
 
+    def after_l1_miss(self, key: str, default: t.Any) -> t.Any:
+        """What ``get(key, default)`` returns once L1 held no entry for ``key`` (a valid
+        key; the L1's hit reader counted the miss)."""
+        entry = self.from_l2(key, None)
+        return default if entry is None else entry.value
+
     def shared_answer(self, key: str, flight: Flight) -> Entry | None:
         """Another caller's L2 read of ``key``: its answer, waiting at most the L2 timeout."""
         if flight.wait(self.gate.lock_timeout()):
