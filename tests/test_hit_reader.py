@@ -148,3 +148,26 @@ def test_reads_answer_as_the_ordinary_path(ops: list[tuple[t.Any, ...]], policy:
     assert fast.stats() == plain.stats()
     assert fast.l1.stats() == plain.l1.stats()
     assert sorted(fast.l1.iter_keys()) == sorted(plain.l1.iter_keys())
+
+
+def test_compositions_that_come_and_go_keep_l1_counts_and_no_links() -> None:
+    """One atomic count serves the L1's and the composition's hit counters; once a
+    composition is gone its count is folded into the L1's totals and let go."""
+    import gc
+
+    l1 = MemoryBackend(8)
+    for i in range(30):
+        cache = TieredCache(l1, MemoryBackend(8))
+        cache.set("k", i)
+        assert cache.get("k") == i and cache.get("k") == i
+        assert cache.stats()["l1_hits"] == 2
+        del cache
+        gc.collect()
+    assert l1.stats()["hits"] == 60
+    links = len(l1._counters._linked)  # its own incrementers, and the last reader's at most
+    TieredCache(l1, MemoryBackend(8))
+    gc.collect()
+    TieredCache(l1, MemoryBackend(8))
+    assert len(l1._counters._linked) <= links + 1
+    l1.reset_stats()
+    assert l1.stats()["hits"] == 0

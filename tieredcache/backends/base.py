@@ -235,9 +235,12 @@ class Backend(FriendlyAPI):
         :meth:`get_entry`).
 
         The reader returns the value of an unexpired entry without tags, counted as a hit
-        here and by calling ``count``. For a valid key this backend does not hold it counts
-        a miss and returns ``missed(key, default)`` (``otherwise`` when ``None``); for
-        anything else it returns ``otherwise(key, default)``, which reads the ordinary way.
+        here and by calling ``count`` (an incrementer of the composition's
+        :class:`~tieredcache.stats.Counters` that only the reader calls: this backend may
+        share it, see :meth:`~tieredcache.stats.Counters.share`). For a valid key this
+        backend does not hold it counts a miss and returns ``missed(key, default)``
+        (``otherwise`` when ``None``); for anything else it returns ``otherwise(key,
+        default)``, which reads the ordinary way.
         """
         return None
 

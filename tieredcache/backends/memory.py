@@ -208,8 +208,15 @@ class MemoryBackend(Backend):
             return None
         data_get = self._data.get
         reads = self._reads
-        hit = self._hit
         miss = self._miss
+        hit = count  # one atomic call counts the hit here and in the composition
+        if not self._counters.share(count, "hits"):
+            own_hit = self._hit
+
+            def hit() -> None:
+                own_hit()
+                count()
+
         replay = self._replay_if_free
         backend = self
         after_miss = otherwise if missed is None else missed
@@ -231,7 +238,6 @@ class MemoryBackend(Backend):
                 if len(reads) >= _READ_BUFFER and not backend._replaying:
                     replay()
             hit()
-            count()
             return entry.value
 
         return get

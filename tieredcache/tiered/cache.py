@@ -231,8 +231,7 @@ class TieredCache(CacheFeatures, Backend):
         )
         self._gate.events = events
         if self._sequential_read and type(self).get is TieredCache.get:
-            rest = types.MethodType(TieredCache.get, self)  # an L1 hit in one call
-            reader = l1.hit_reader(self._count_l1_hit, rest, self._reader.after_l1_miss)
+            reader = self._reader.hit_reader(types.MethodType(TieredCache.get, self))
             if reader is not None:
                 self.get = reader  # type: ignore[method-assign]
         if breaker is not None:
@@ -388,10 +387,6 @@ class TieredCache(CacheFeatures, Backend):
 
     def _read_through(self, keys: list[str]) -> dict[str, Entry]:
         return self._reader.through(keys)
-
-    def _read_l2(self, keys: list[str]) -> dict[str, Entry]:
-        """L2's entries of ``keys``, without the ones whose tags were invalidated."""
-        return self._reader.read_l2(keys)
 
     # -- writes -----------------------------------------------------------------------
 

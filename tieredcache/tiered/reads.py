@@ -129,6 +129,13 @@ class Reader:
             ordering.end_read_one(key, token)
         return entry
 
+    def hit_reader(self, rest: t.Callable[[str, t.Any], t.Any]) -> t.Callable[..., t.Any] | None:
+        """A ``get(key, default=None)`` that answers an L1 hit in one call, from the L1's
+        :meth:`~tieredcache.backends.base.Backend.hit_reader` (``None``: L1 offers none);
+        ``rest(key, default)`` answers what is not a hit or a plain miss."""
+        counts = self.counters.incrementer("hits", "l1_hits")  # called by the reader alone
+        return self.l1.hit_reader(counts, rest, self.after_l1_miss)
+
     def after_l1_miss(self, key: str, default: t.Any) -> t.Any:
         """What ``get(key, default)`` returns once L1 held no entry for ``key`` (a valid
         key; the L1's hit reader counted the miss)."""
