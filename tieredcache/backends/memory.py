@@ -18,6 +18,7 @@ without making readers queue behind each other.
 from __future__ import annotations
 
 import collections
+import itertools
 import pickle
 import sys
 import threading
@@ -49,6 +50,7 @@ from tieredcache.serializers import Serializer
 __all__ = ["MemoryBackend"]
 
 _READ_BUFFER = 256
+_READ_MASK = _READ_BUFFER - 1  # _READ_BUFFER is a power of two
 _CORRUPT_VALUE = object()  # what _thaw_value returns for a payload that does not decode
 # An entry's own objects, beyond its key and value: the Entry and its version (an int that is
 # never shared). Its expiry and stale time are floats; the order keeps its size as an int,
@@ -209,13 +211,16 @@ class MemoryBackend(Backend):
         data_get = self._data.get
         reads = self._reads
         miss = self._miss
-        hit = count  # one atomic call counts the hit here and in the composition
+        # One atomic call counts the hit here and in the composition; the number it returns
+        # also says when the read buffer is due for a replay (every _READ_BUFFER hits).
+        hit: t.Callable[[], t.Any] = count
         if not self._counters.share(count, "hits"):
-            own_hit = self._hit
+            own_hit, hits = self._hit, itertools.count()
 
-            def hit() -> None:
+            def hit() -> int:
                 own_hit()
                 count()
+                return next(hits)  # a hint for the replay only: need not be exact
 
         replay = self._replay_if_free
         backend = self
@@ -233,11 +238,12 @@ class MemoryBackend(Backend):
             expires_at = entry.expires_at
             if entry.tags or (expires_at is not None and expires_at <= backend.timer()):
                 return otherwise(key, default)
-            if reads is not None:
+            if reads is None:
+                hit()
+            else:
                 reads.append(key)
-                if len(reads) >= _READ_BUFFER and not backend._replaying:
+                if not hit() & _READ_MASK and not backend._replaying:
                     replay()
-            hit()
             return entry.value
 
         return get
