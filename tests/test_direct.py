@@ -263,3 +263,15 @@ def test_backend_goes_through_the_client_when_the_server_restarted(
         backend.set("k", "w")
         assert backend.get("k") == "w"
         assert backend.stats()["errors"] == 0
+
+
+def test_long_commands_pack_alike_with_and_without_hiredis(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tieredcache.redis import direct
+
+    args = (b"MGET", *(b"p:key-%d" % i for i in range(50)), b"", b"\r\n$*")
+    with_hiredis = pack(*args)
+    monkeypatch.setattr(direct, "_pack_command", None)
+    assert pack(*args) == with_hiredis
+    assert with_hiredis.startswith(b"*53\r\n$4\r\nMGET\r\n") and with_hiredis.endswith(
+        b"$0\r\n\r\n$4\r\n\r\n$*\r\n"
+    )

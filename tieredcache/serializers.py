@@ -301,6 +301,7 @@ _FLAGS_OFFSET = envelope.FLAGS_OFFSET
 _HAS_TAGS = envelope.HAS_TAGS
 _unpack_fields = envelope.FIELDS.unpack_from  # the header after magic and format
 _times = envelope.header_times
+_EXPIRES_ONLY = envelope.HAS_EXPIRES
 _loads = pickle.loads
 
 
@@ -370,7 +371,12 @@ class EntryCodec:
         if len(data) < _SIZE or not data.startswith(_MAGIC_FORMAT):
             self.read_header(data)  # raises the precise error
         flags, expires_at, stale_at, version = _unpack_fields(data, _FLAGS_OFFSET)
-        expires, stale = _times(flags, expires_at, stale_at)
+        if flags == _EXPIRES_ONLY and expires_at - expires_at == 0.0:
+            # The usual header, inlined: an expiry (finite: inf - inf and nan are not 0), no
+            # stale time, no tags.
+            expires, stale = expires_at, None
+        else:
+            expires, stale = _times(flags, expires_at, stale_at)
         if self._pickle:
             try:
                 # Large payloads are read in place; copying a small one is cheaper than a view.

@@ -241,7 +241,8 @@ class RedisBackend(Backend):
         if len(keys) == 1:
             entry = self._get(keys[0])
             return {} if entry is None else {keys[0]: entry}
-        full = [self._key(key) for key in keys]
+        prefix = self._prefix_bytes  # _key() inlined: this runs for every key of a batch
+        full = [prefix + key.encode("utf-8", "surrogatepass") for key in keys]
         direct = self._direct
         if self._cluster:
             values = self._client.mget_nonatomic(full)

@@ -25,6 +25,7 @@ import redis.exceptions
 
 from tieredcache import lifecycle
 from tieredcache.redis.frames import FrameReader
+from tieredcache.redis.frames import hiredis_pack_command as _pack_command
 
 __all__ = ["RETRY_THROUGH_CLIENT", "DirectCommands", "NoDirectConnection", "pack", "pack_set"]
 
@@ -44,6 +45,9 @@ RETRY_THROUGH_CLIENT = (
 
 def pack(*args: bytes) -> bytes:
     """A command in the Redis protocol (RESP); every argument is bytes."""
+    if _pack_command is not None and len(args) > 4:  # a long command: hiredis packs it in C
+        packed: bytes = _pack_command(args)
+        return packed
     parts = [b"*%d\r\n" % len(args)]
     parts.extend(b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args)
     return b"".join(parts)

@@ -22,7 +22,13 @@ try:  # optional: the C parser, when installed (the ``hiredis`` extra)
 except ImportError:  # pragma: no cover - depends on the environment
     hiredis = None
 
-__all__ = ["FrameReader", "ProtocolError"]
+__all__ = ["FrameReader", "ProtocolError", "hiredis_pack_command"]
+
+#: ``hiredis.pack_command`` (a command's arguments, packed as RESP in C) when hiredis is
+#: installed, else ``None``.
+hiredis_pack_command: t.Callable[[tuple[bytes, ...]], bytes] | None = getattr(
+    hiredis, "pack_command", None
+)
 
 Frame = t.Any  # a list of bytes and ints, an int, bytes, or an error
 

@@ -33,7 +33,7 @@ if t.TYPE_CHECKING:
     from tieredcache.tiered.ordering import Ordering
     from tieredcache.tiered.ordering import ReadToken
 
-__all__ = ["Flight", "ReadFlights"]
+__all__ = ["BatchFlight", "Flight", "ReadFlights"]
 
 
 class Flight:
@@ -76,6 +76,52 @@ class Flight:
             raise self.error
         return self.entry
 
+    def token_for(self, key: str) -> ReadToken:
+        """The leader's token for ``key`` (one key: the flight's own)."""
+        return self.token
+
+    def answer_for(self, key: str) -> Entry | None:
+        """:meth:`answer` for ``key``."""
+        return self.answer()
+
+    def waiters_for(self, key: str) -> int:
+        """How many callers wait for ``key``'s answer."""
+        return self.waiters
+
+
+class BatchFlight(Flight):
+    """One batch read's L2 read of every key it leads: one flight for all of them, its
+    entries answered per key."""
+
+    __slots__ = ("entries", "tokens", "waiting")
+
+    def __init__(self, tokens: t.Mapping[str, ReadToken]) -> None:
+        super().__init__(_NO_TOKEN)
+        self.tokens = tokens
+        self.entries: t.Mapping[str, Entry] = {}
+        self.waiting: dict[str, int] = {}
+
+    def add_key_waiter(self, key: str) -> None:
+        """One more caller will wait for ``key`` (called under the table's lock)."""
+        self.add_waiter()
+        self.waiting[key] = self.waiting.get(key, 0) + 1
+
+    def finish_all(self, entries: t.Mapping[str, Entry], error: BaseException | None) -> None:
+        """The batch's read ended: ``entries`` by key (a key absent: a miss), or ``error``."""
+        self.entries = entries
+        self.finish(None, error)
+
+    def token_for(self, key: str) -> ReadToken:
+        return self.tokens[key]
+
+    def answer_for(self, key: str) -> Entry | None:
+        if self.error is not None:
+            raise self.error
+        return self.entries.get(key)
+
+    def waiters_for(self, key: str) -> int:
+        return self.waiting.get(key, 0)
+
 
 class ReadFlights:
     """The process's table of L2 reads in flight, per key. Thread-safe.
@@ -102,8 +148,8 @@ class ReadFlights:
         ordering = self.ordering
         with self._lock:
             flight = self._flights.get(key)
-            if flight is not None and ordering.refill_allowed(flight.token):
-                flight.add_waiter()
+            if flight is not None and ordering.refill_allowed(flight.token_for(key)):
+                _add_waiter(flight, key)
                 self.shared += 1
                 return flight, False
             flight = Flight(token)
@@ -113,39 +159,44 @@ class ReadFlights:
 
     def join_many(
         self, keys: t.Iterable[str], token_of: t.Mapping[str, ReadToken]
-    ) -> tuple[dict[str, Flight], dict[str, Flight]]:
-        """:meth:`join` for each of ``keys`` (a batch read), under one lock: the flights
-        the caller leads, and the ones it shares, by key."""
+    ) -> tuple[list[str], BatchFlight, dict[str, Flight]]:
+        """:meth:`join` for each of ``keys`` (a batch read), under one lock: the keys the
+        caller leads, the one flight it leads them with, and the flights it shares, by key.
+
+        The leader must call :meth:`land_many` exactly once, however its read ends.
+        """
         ordering = self.ordering
-        led: dict[str, Flight] = {}
+        led: list[str] = []
         shared: dict[str, Flight] = {}
+        batch = BatchFlight(token_of)
         with self._lock:
             flights = self._flights
             for key in keys:
                 flight = flights.get(key)
-                if flight is not None and ordering.refill_allowed(flight.token):
-                    flight.add_waiter()
+                if flight is not None and ordering.refill_allowed(flight.token_for(key)):
+                    _add_waiter(flight, key)
                     shared[key] = flight
                 else:
-                    flights[key] = led[key] = Flight(token_of[key])
+                    flights[key] = batch
+                    led.append(key)
             self.shared += len(shared)
             self.led += len(led)
-        return led, shared
+        return led, batch, shared
 
     def land_many(
         self,
-        led: t.Mapping[str, Flight],
+        led: t.Sequence[str],
+        batch: BatchFlight,
         found: t.Mapping[str, Entry],
         error: BaseException | None = None,
     ) -> None:
-        """:meth:`land` for each flight of ``led`` (a batch read's), under one lock."""
+        """The batch's read of the ``led`` keys ended: hand its answers to the waiters."""
         with self._lock:
             flights = self._flights
-            for key, flight in led.items():
-                if flights.get(key) is flight:
+            for key in led:
+                if flights.get(key) is batch:
                     del flights[key]
-        for key, flight in led.items():
-            flight.finish(found.get(key), error)
+        batch.finish_all(found, error)
 
     def land(
         self, key: str, flight: Flight, entry: Entry | None, error: BaseException | None = None
@@ -160,7 +211,7 @@ class ReadFlights:
         """How many callers wait for the read of ``key`` in flight (0 if none)."""
         with self._lock:
             flight = self._flights.get(key)
-            return 0 if flight is None else flight.waiters
+            return 0 if flight is None else flight.waiters_for(key)
 
     def __len__(self) -> int:
         with self._lock:
@@ -173,3 +224,14 @@ class ReadFlights:
     def reset(self) -> None:
         """Set the counters to zero."""
         self.led = self.shared = 0
+
+
+#: The token of a batch flight itself (its keys have their own, see BatchFlight.token_for).
+_NO_TOKEN: t.Any = (None, -1, -1)
+
+
+def _add_waiter(flight: Flight, key: str) -> None:
+    if isinstance(flight, BatchFlight):
+        flight.add_key_waiter(key)
+    else:
+        flight.add_waiter()

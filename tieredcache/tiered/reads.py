@@ -145,7 +145,7 @@ class Reader:
     def shared_answer(self, key: str, flight: Flight) -> Entry | None:
         """Another caller's L2 read of ``key``: its answer, waiting at most the L2 timeout."""
         if flight.wait(self.gate.lock_timeout()):
-            return flight.answer()
+            return flight.answer_for(key)
         exc = BackendTimeoutError(
             f"the shared l2 read of {key!r} did not finish in time", backend="l2"
         )
@@ -162,15 +162,17 @@ class Reader:
 
         def read(wanted: list[str]) -> dict[str, Entry]:
             reads = self.flights
-            led, shared = reads.join_many(wanted, token_of)
+            led, batch, shared = reads.join_many(wanted, token_of)
             found: dict[str, Entry] = {}
             if led:
                 try:
-                    found = self.read_l2(list(led))
+                    found = self.read_l2(led)
                 except BaseException as exc:
-                    reads.land_many(led, {}, exc)
+                    reads.land_many(led, batch, {}, exc)
                     raise
-                reads.land_many(led, found)
+                reads.land_many(led, batch, found)
+                if shared:  # the waiters of the batch read its answers: add to a copy
+                    found = dict(found)
             # Only now wait for others: a batch never waits while it leads (no cycles).
             shared_keys.update(shared)
             for key, flight in shared.items():
@@ -198,7 +200,8 @@ class Reader:
             if not self.l1.local:
                 ctx = PolicyContext(self.cache.executor, None, False, self.report, "get")
             shared: set[str] = set()
-            l2_leg = self.shared_l2_leg(dict(zip(keys, tokens)), shared)
+            token_of = dict(zip(keys, tokens))
+            l2_leg = self.shared_l2_leg(token_of, shared)
             answer = self.policy.execute(keys, l1_leg, l2_leg, ctx)
         except BaseException:
             self.counters.slot()[_ERRORS] += len(keys)
@@ -213,9 +216,9 @@ class Reader:
             slot[_L1_HITS] += len(answer) - len(from_l2)
             # An L1 that failed to read may hold a newer value it could not show: no refill.
             if from_l2 and self.refills and not failures:
-                led = {k: e for k, e in from_l2.items() if k not in shared}
+                led = {k: e for k, e in from_l2.items() if k not in shared} if shared else from_l2
                 if led:
-                    self.refill_l1(dict(zip(keys, tokens)), led)
+                    self.refill_l1(token_of, led)
         finally:
             self.ordering.end_read(keys, tokens)
         return {k: e for k, (e, _) in answer.items()}
