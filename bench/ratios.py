@@ -6,7 +6,8 @@ tieredcache next to the peer its target names, over 10,000 keys of 64-byte value
 either in shuffled order (every key once per pass, "uniform") or drawn Zipf(1.1) ("zipf"):
 
 - an L1 hit, against a ``cachetools.TTLCache`` + lock tier's L1 hit;
-- an L2 hit (refilling L1), against redis-py ``GET`` + ``pickle.loads``;
+- an L2 hit (refilling L1), against redis-py ``GET`` + ``pickle.loads`` (and the
+  ``RedisBackend``'s own read of the key, the floor under the composition);
 - a ``SequentialWrite`` set, against redis-py ``SET`` of the pickled value;
 - ``RaceWrite`` set, against the ``SequentialWrite`` set;
 - ``get_many`` of 100 keys all in L2, against one ``MGET`` + ``pickle.loads`` (and, to show
@@ -205,6 +206,7 @@ def main() -> None:
             "l1 cachetools tier": (tier_get, None, "key"),
             "l2 native": (native.get, forget, "key"),
             "l2 redis-py GET+loads": (redis_get, _nothing, "key"),
+            "l2 RedisBackend": (native.l2.get_entry, _nothing, "key"),
             "set native": (lambda k: native.set(k, VALUE, TTL), _nothing, "key"),
             "set RaceWrite": (lambda k: race.set(k, VALUE, TTL), _nothing, "key"),
             "set redis-py SET": (redis_set, _nothing, "key"),
@@ -245,6 +247,7 @@ def main() -> None:
         pairs = [
             ("L1 hit / cachetools tier", "l1 native", "l1 cachetools tier", 0.3),
             ("L2 hit / GET+loads", "l2 native", "l2 redis-py GET+loads", 0.8),
+            ("  RedisBackend alone / GET", "l2 RedisBackend", "l2 redis-py GET+loads", None),
             ("set / SET", "set native", "set redis-py SET", 1.1),
             ("RaceWrite / Sequential set", "set RaceWrite", "set native", 0.5),
             ("get_many / MGET+loads", "get_many native", "get_many MGET+loads", 1.2),

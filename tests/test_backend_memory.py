@@ -304,3 +304,15 @@ def test_max_bytes_sizing_is_a_write_cost_only() -> None:
     finally:
         memory_module.deep_sizeof = original  # type: ignore[assignment]
     assert calls == []
+
+
+def test_replayed_reads_move_their_keys_and_skip_keys_gone_since() -> None:
+    from tieredcache.backends.memory_order import LinkedOrder
+
+    order = LinkedOrder(10, lru=True)
+    order.add_units("abcdef")
+    reads = collections.deque(["b", "gone", "a", "also-gone", "c"])
+    order.replay(reads)
+    assert list(order.keys()) == ["d", "e", "f", "b", "a", "c"] and not reads
+    order.replay(collections.deque(["x", "y"]))  # nothing held: nothing moves
+    assert list(order.keys()) == ["d", "e", "f", "b", "a", "c"]

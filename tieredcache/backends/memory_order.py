@@ -10,6 +10,7 @@ structure (``structure_bytes``). None is thread-safe: the backend's lock guards 
 from __future__ import annotations
 
 import collections
+import itertools
 import sys
 import typing as t
 
@@ -93,13 +94,19 @@ class LinkedOrder:
             reads.clear()
             return
         move, popleft = self._od.move_to_end, reads.popleft
-        for _ in range(len(reads)):
+        # At most the reads buffered now (readers keep appending): moved in a C loop, which
+        # stops at a key evicted or deleted since it was read, then goes on after it.
+        budget = len(reads)
+        while budget > 0:
+            before = len(reads)
             try:
-                move(popleft())
+                # A deque that keeps nothing runs the moves to the end.
+                collections.deque(map(move, itertools.islice(iter(popleft, None), budget)), 0)
+                return
             except KeyError:  # evicted or deleted since it was read
-                pass
+                budget -= max(1, before - len(reads))
             except IndexError:  # emptied by another replay
-                break
+                return
 
     def clear(self) -> None:
         self._od.clear()
