@@ -132,8 +132,10 @@ class RaceWrite(WritePolicy):
     failed, and that failure is reported) or dropped (``LoserPolicy.DROP``).
 
     A local L1 runs on the caller's thread, so a race against a remote L2 costs one
-    in-process write. Called from a worker thread (a nested composition), both legs run
-    inline, one after the other.
+    in-process write; with ``LoserPolicy.OFFLOAD`` it runs first (it cannot lose to a
+    remote L2) and L2's leg is handed out when it is done, so that the worker carrying it
+    does not compete with the caller for the interpreter meanwhile. Called from a worker
+    thread (a nested composition), both legs run inline, one after the other.
 
     :param loser: what to do with the losing leg.
     """

@@ -12,6 +12,7 @@ one call into L1 and one count.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import typing as t
 
@@ -134,7 +135,11 @@ class Reader:
         :meth:`~tieredcache.backends.base.Backend.hit_reader` (``None``: L1 offers none);
         ``rest(key, default)`` answers what is not a hit or a plain miss."""
         counts = self.counters.incrementer("hits", "l1_hits")  # called by the reader alone
-        return self.l1.hit_reader(counts, rest, self.after_l1_miss)
+        reader = self.l1.hit_reader(counts, rest, self.after_l1_miss)
+        if reader is not None:  # help(cache.get) reads as the method's
+            reader.__doc__ = inspect.getdoc(rest)
+            reader.__name__ = reader.__qualname__ = "get"
+        return reader
 
     def after_l1_miss(self, key: str, default: t.Any) -> t.Any:
         """What ``get(key, default)`` returns once L1 held no entry for ``key`` (a valid

@@ -20,10 +20,35 @@ from tieredcache.tiered.ordering import L1
 from tieredcache.tiered.ordering import L2
 
 if t.TYPE_CHECKING:
-    from tieredcache.tiered.l2gate import L2Gate
+    from tieredcache.backends.base import Backend
+    from tieredcache.ratelog import RateLimitedLog
+    from tieredcache.tiered.ordering import Ordering
+
+T = t.TypeVar("T")
+
+
+class ReplayHost(t.Protocol):
+    """What replaying needs of the composition's L2 gate (:class:`~.l2gate.L2Gate`)."""
+
+    l1: Backend
+    l2: Backend
+    ordering: Ordering
+    queue: ReplayQueue
+    timeout: float | None
+    log: RateLimitedLog
+
+    def call(self, fn: t.Callable[..., T], *args: t.Any) -> T:
+        """Call ``fn(*args)`` on L2 through the breaker."""
+        ...
+
+    def announce(self, kind: str, keys: t.Sequence[str], seq: int) -> None:
+        """Tell other processes that ``keys`` changed in L2."""
+        ...
+
 
 __all__ = [
     "ReplayFactory",
+    "ReplayHost",
     "ReplayItem",
     "ReplayQueue",
     "delete_replay",
@@ -62,7 +87,7 @@ def touch_replay(expires_at: float | None) -> ReplayFactory:
     return lambda key, seq: ReplayItem("touch", seq, None, expires_at)
 
 
-def replay_op(gate: L2Gate, key: str, item: ReplayItem) -> t.Callable[[list[str]], object]:
+def replay_op(gate: ReplayHost, key: str, item: ReplayItem) -> t.Callable[[list[str]], object]:
     """The L2 part of replaying ``item`` for ``key``: skipped (``None``) when L2 holds a
     write newer than it, made by another process meanwhile."""
 
@@ -181,7 +206,7 @@ class ReplayQueue:
         }
 
 
-def run_replays(gate: L2Gate) -> int:
+def run_replays(gate: ReplayHost) -> int:
     """Replay the writes queued in ``gate``, oldest first; how many landed. Stops at the
     first outage; a write the server refuses is logged and dropped; one that a newer write
     superseded meanwhile is dropped, and so is its L1 copy."""
