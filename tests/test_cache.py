@@ -250,6 +250,38 @@ def test_race_returns_when_local_l1_holds_the_value_and_l2_follows(
     assert l2.inner.get("k") == 1
 
 
+class Interrupt(BaseException):
+    """Stands for KeyboardInterrupt / gevent.Timeout raised during the L1 write."""
+
+
+class InterruptingL1(MemoryBackend):
+    armed = False
+
+    def set_entries(self, items: t.Mapping[str, t.Any]) -> None:
+        if self.armed:
+            self.armed = False
+            raise Interrupt()
+        super().set_entries(items)
+
+
+def test_race_write_l1_interrupted_still_ends_the_l2_leg() -> None:
+    """RaceWrite(OFFLOAD) with a local L1: a BaseException out of the L1 leg must not leave
+    the L2 leg neither run nor discarded (the key's writer count would never go back to 0,
+    and no read of the key would ever refill L1 again)."""
+    with concurrent.futures.ThreadPoolExecutor(2) as executor:
+        l1 = InterruptingL1(8)
+        cache = TieredCache(l1, MemoryBackend(8), write=RaceWrite(), executor=executor)
+        l1.armed = True
+        with pytest.raises(Interrupt):
+            cache.set("k", 1)
+        assert cache.drain(5)
+        cache.set("k", 2)
+        assert cache.drain(5)
+        l1.delete("k")
+        assert cache.get("k") == 2  # an L2 hit ...
+        assert l1.get("k") == 2, cache.stats()  # ... that refills L1
+
+
 # -- ordering: no resurrection, also for legs already in flight -------------------------------
 
 

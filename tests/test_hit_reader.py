@@ -171,3 +171,64 @@ def test_compositions_that_come_and_go_keep_l1_counts_and_no_links() -> None:
     assert len(l1._counters._linked) <= links + 1
     l1.reset_stats()
     assert l1.stats()["hits"] == 0
+
+
+def test_lru_keeps_a_hit_whose_replay_found_the_lock_taken() -> None:
+    """A hit whose buffer replay is skipped (a writer holds the L1 lock at that moment)
+    must still count as recent use once the lock is free."""
+    clock = FakeClock()
+    cache = TieredCache(MemoryBackend(3, timer=clock), MemoryBackend(8, timer=clock))
+    for key in "xyz":
+        cache.set(key, key)
+    l1 = cache.l1
+    for _ in range(256):
+        assert cache.get("z") == "z"
+    with l1._lock:  # type: ignore[attr-defined]  # a concurrent write holds the lock
+        assert cache.get("x") == "x"  # x is now more recent than y
+    for _ in range(256):
+        assert cache.get("z") == "z"
+    cache.set("w", "w")  # evicts the least recently used: y
+    assert sorted(l1.iter_keys()) == ["w", "x", "z"]
+
+
+def test_lru_keeps_a_batch_read_among_hits() -> None:
+    """A key read by get_many, then 256 one-key hits of another key: the batch read must
+    still count as recent use (no lock is held anywhere; one thread)."""
+    cache = TieredCache(MemoryBackend(3), MemoryBackend(8))
+    for key in "xyz":
+        cache.set(key, key)
+    assert cache.get("z") == "z"
+    assert cache.get_many(["x"]) == {"x": "x"}  # x is now more recent than y
+    for _ in range(256):
+        assert cache.get("z") == "z"
+    cache.set("w", "w")  # evicts the least recently used: y
+    assert sorted(cache.l1.iter_keys()) == ["w", "x", "z"]
+
+
+def test_lru_two_compositions_over_one_l1() -> None:
+    """Two compositions share one L1: a hit through one must count as recent use even when
+    the other's hits follow."""
+    l1 = MemoryBackend(3)
+    one, two = TieredCache(l1, MemoryBackend(8)), TieredCache(l1, MemoryBackend(8))
+    for key in "xyz":
+        one.set(key, key)
+    assert one.get("z") == "z" and two.get("z") == "z"
+    assert one.get("x") == "x"  # x is now more recent than y
+    for _ in range(256):
+        assert two.get("z") == "z"
+    one.set("w", "w")  # evicts the least recently used: y
+    assert sorted(l1.iter_keys()) == ["w", "x", "z"]
+
+
+def test_an_l1_clock_that_fails_is_an_l1_read_failure() -> None:
+    clock = FakeClock()
+    l1 = MemoryBackend(8, timer=clock)
+    cache = TieredCache(l1, MemoryBackend(8, timer=clock))
+    cache.set("k", "v", ttl=60)
+
+    def broken() -> float:
+        raise RuntimeError("no clock")
+
+    l1.timer = broken
+    assert cache.get("k") == "v"  # answered by L2, as any failed L1 read
+    assert cache.stats()["l1_read_errors"] == 1

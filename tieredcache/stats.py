@@ -123,31 +123,31 @@ class Counters:
 
     def share(self, incrementer: t.Callable[[], object], *names: str) -> bool:
         """Count here too, under ``names``, every call of ``incrementer`` (one that another
-        :class:`Counters` made): one atomic call then counts in both. False where that
-        cannot be done (free-threaded builds, or not an incrementer): call both instead."""
+        :class:`Counters` made): one atomic call then counts in both, until
+        :meth:`unshare`. False where that cannot be done (free-threaded builds, or not an
+        incrementer): call both instead."""
         count = getattr(incrementer, "__self__", None)
         if not _GIL or type(count) is not itertools.count:
             return False
         indices = tuple(self._index[name] for name in names)
         with self._lock:
-            self._fold_orphans_locked()
             self._linked.append((indices, count, [_count_value(count)]))
         return True
 
-    def _fold_orphans_locked(self) -> None:
-        """Fold into the totals the shared counts nobody else holds any more (their
-        :class:`Counters` is gone), so that sharing keeps no count alive for ever."""
-        kept = []
-        for link in self._linked:
-            indices, count, base = link
-            # Held by this list's tuple and by getrefcount's argument only: orphaned.
-            if sys.getrefcount(count) <= 3:
-                value = _count_value(count) - base[0]
-                for i in indices:
-                    self._retired[i] += value
-            else:
-                kept.append(link)
-        self._linked = kept
+    def unshare(self, incrementer: t.Callable[[], object]) -> None:
+        """Stop counting ``incrementer``'s calls here, keeping what they counted so far."""
+        count = getattr(incrementer, "__self__", None)
+        with self._lock:
+            kept = []
+            for link in self._linked:
+                indices, linked, base = link
+                if linked is count:
+                    value = _count_value(linked) - base[0]
+                    for i in indices:
+                        self._retired[i] += value
+                else:
+                    kept.append(link)
+            self._linked = kept
 
     def snapshot(self) -> dict[str, int]:
         """The current totals, by name."""

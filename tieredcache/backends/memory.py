@@ -18,7 +18,6 @@ without making readers queue behind each other.
 from __future__ import annotations
 
 import collections
-import itertools
 import pickle
 import sys
 import threading
@@ -50,7 +49,6 @@ from tieredcache.serializers import Serializer
 __all__ = ["MemoryBackend"]
 
 _READ_BUFFER = 256
-_READ_MASK = _READ_BUFFER - 1  # _READ_BUFFER is a power of two
 _CORRUPT_VALUE = object()  # what _thaw_value returns for a payload that does not decode
 # An entry's own objects, beyond its key and value: the Entry and its version (an int that is
 # never shared). Its expiry and stale time are floats; the order keeps its size as an int,
@@ -206,21 +204,24 @@ class MemoryBackend(Backend):
         ``None`` when this backend's reads cannot be taken that way: it stores serialized
         values, or a subclass reads entries its own way.
         """
-        if self.serializer is not None or type(self).get_entry is not MemoryBackend.get_entry:
+        if (
+            self.serializer is not None
+            or type(self).get_entry is not MemoryBackend.get_entry
+            or "get_entry" in vars(self)  # patched on the instance
+        ):
             return None
         data_get = self._data.get
         reads = self._reads
         miss = self._miss
-        # One atomic call counts the hit here and in the composition; the number it returns
-        # also says when the read buffer is due for a replay (every _READ_BUFFER hits).
-        hit: t.Callable[[], t.Any] = count
-        if not self._counters.share(count, "hits"):
-            own_hit, hits = self._hit, itertools.count()
+        # One atomic call counts the hit here and in the composition.
+        hit: t.Callable[[], object] = count
+        shared = self._counters.share(count, "hits")
+        if not shared:
+            own_hit = self._hit
 
-            def hit() -> int:
+            def hit() -> None:
                 own_hit()
                 count()
-                return next(hits)  # a hint for the replay only: need not be exact
 
         replay = self._replay_if_free
         backend = self
@@ -236,16 +237,22 @@ class MemoryBackend(Backend):
                 miss()
                 return after_miss(key, default)
             expires_at = entry.expires_at
-            if entry.tags or (expires_at is not None and expires_at <= backend.timer()):
+            try:
+                if entry.tags or (expires_at is not None and expires_at <= backend.timer()):
+                    return otherwise(key, default)
+            except Exception:  # a clock that fails: the ordinary path reports it
                 return otherwise(key, default)
-            if reads is None:
-                hit()
-            else:
+            if reads is not None:
                 reads.append(key)
-                if not hit() & _READ_MASK and not backend._replaying:
+                # Every read while the buffer is full tries to replay it (other paths fill
+                # it too): a read is never dropped from a full buffer for want of a try.
+                if len(reads) >= _READ_BUFFER and not backend._replaying:
                     replay()
+            hit()
             return entry.value
 
+        if shared:  # the composition's count is folded into this backend's once it is gone
+            weakref.finalize(get, self._counters.unshare, count)
         return get
 
     def _replay_if_free(self) -> None:

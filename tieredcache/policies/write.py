@@ -188,7 +188,11 @@ class RaceWrite(WritePolicy):
         finishes before a remote L2's could, so it runs first, and L2's leg is then handed to
         the executor and adopted by the offload without waiting for it. Only when L1 failed
         does the caller wait, for L2's outcome."""
-        f1 = run_inline(l1)
+        try:
+            f1 = run_inline(l1)
+        except BaseException:  # an interrupt, not a failure of the leg: L2 never starts
+            _discard(l2)
+            raise
         f2 = submit(l2, t.cast(concurrent.futures.Executor, ctx.executor))
         failure = f1.exception()
         if failure is None:

@@ -6,8 +6,9 @@ Reads through a composition
 :class:`~.l2gate.L2Gate` (shared with the other callers missing the same key, see
 :mod:`.readflight`), the read policy for batches, the counters, and the refill of L1, which
 is skipped when a write of the key began since the read did, is still running, or waits for
-replay. The L1 hit itself stays in :meth:`TieredCache.get <tieredcache.TieredCache.get>`:
-one call into L1 and one count.
+replay. An L1 hit is one call: the L1's hit reader (:meth:`Reader.hit_reader`), which
+takes the place of :meth:`TieredCache.get <tieredcache.TieredCache.get>` on the instance
+and hands it what is not a hit.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ class Reader:
                     reads.land_many(led, batch, {}, exc)
                     raise
                 reads.land_many(led, batch, found)
-                if shared:  # the waiters of the batch read its answers: add to a copy
+                if shared or batch.waiters:
+                    # Its waiters read the batch's answers: the policy gets a copy to change.
                     found = dict(found)
             # Only now wait for others: a batch never waits while it leads (no cycles).
             shared_keys.update(shared)

@@ -40,9 +40,10 @@ class OperationScope:
 
     def __exit__(self, *exc_info: object) -> None:
         local = self.local
-        depth = getattr(local, "depth", 1) - 1
+        # Never below 0: a child forked inside an operation unwinds levels it never entered.
+        depth = max(getattr(local, "depth", 1) - 1, 0)
         local.depth = depth
-        if depth <= 0:
+        if depth == 0:
             local.failed = None
 
     @property
