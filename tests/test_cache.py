@@ -282,6 +282,27 @@ def test_race_write_l1_interrupted_still_ends_the_l2_leg() -> None:
         assert l1.get("k") == 2, cache.stats()  # ... that refills L1
 
 
+def test_parallel_write_with_a_local_l1_needs_no_worker() -> None:
+    """OptimisticParallelWrite over an in-process L1 runs both legs on the caller's thread:
+    an executor that never runs anything does not hold the write up, and a failing L2 is
+    reported, not raised."""
+    executor = ManualExecutor()
+    reports: list[str] = []
+    l2 = FaultyBackend(MemoryBackend(), "l2")
+    cache = TieredCache(
+        MemoryBackend(),
+        l2,
+        write=OptimisticParallelWrite(),
+        executor=executor,
+        on_partial_failure=lambda tier, keys, exc: reports.append(tier),
+    )
+    cache.set("k", 1)
+    assert cache.l1.get("k") == 1 and l2.inner.get("k") == 1 and executor.pending == 0
+    l2.fail("set")
+    cache.set("k", 2)
+    assert cache.l1.get("k") == 2 and l2.inner.get("k") == 1 and reports == ["l2"]
+
+
 # -- ordering: no resurrection, also for legs already in flight -------------------------------
 
 

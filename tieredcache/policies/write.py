@@ -97,7 +97,9 @@ def _outcome(future: concurrent.futures.Future[object]) -> BaseException | None:
 
 
 class OptimisticParallelWrite(WritePolicy):
-    """Both legs at once; returns when both have finished.
+    """Both legs at once; returns when both have finished. With an in-process L1 (its leg
+    takes microseconds) both run on the caller's thread, L1 first, which ends as soon and
+    spares a hand-off to a worker thread.
 
     A normal return means at least one layer holds the value. A failure of one layer is
     reported (counted in ``stats()`` and passed to ``on_partial_failure``); when both fail,
@@ -105,11 +107,18 @@ class OptimisticParallelWrite(WritePolicy):
     """
 
     def execute(self, l1: Leg, l2: Leg, ctx: PolicyContext) -> None:
-        if must_run_inline(ctx.executor):
-            _settle(_outcome(run_inline(l1)), _outcome(run_inline(l2)), ctx)
+        if ctx.l1_local or must_run_inline(ctx.executor):
+            # An in-process L1 takes microseconds: both legs on this thread, one after the
+            # other, end when they would have in parallel, without handing L2 to a worker.
+            try:
+                f1 = run_inline(l1)
+            except BaseException:  # an interrupt, not a failure of the leg
+                _discard(l2)
+                raise
+            _settle(_outcome(f1), _outcome(run_inline(l2)), ctx)
             return
         f2 = start(l2, ctx.executor)
-        f1 = run_inline(l1) if ctx.l1_local else start(l1, ctx.executor)
+        f1 = start(l1, ctx.executor)
         _settle(_outcome(f1), _outcome(f2), ctx)
 
 
