@@ -191,32 +191,23 @@ def test_lru_keeps_a_hit_whose_replay_found_the_lock_taken() -> None:
     assert sorted(l1.iter_keys()) == ["w", "x", "z"]
 
 
-def test_lru_keeps_a_batch_read_among_hits() -> None:
-    """A key read by get_many, then 256 one-key hits of another key: the batch read must
-    still count as recent use (no lock is held anywhere; one thread)."""
-    cache = TieredCache(MemoryBackend(3), MemoryBackend(8))
+@pytest.mark.parametrize("path", ["get_many", "another composition"])
+def test_lru_keeps_a_read_made_by_another_path_among_hits(path: str) -> None:
+    """``x`` is read by another path than this composition's hit reader (a batch read, or a
+    second composition over the same L1), then 256 hits of ``z`` follow through this one:
+    the read of ``x`` still counts as recent use (one thread, no lock held anywhere)."""
+    l1 = MemoryBackend(3)
+    cache, other = TieredCache(l1, MemoryBackend(8)), TieredCache(l1, MemoryBackend(8))
     for key in "xyz":
         cache.set(key, key)
     assert cache.get("z") == "z"
-    assert cache.get_many(["x"]) == {"x": "x"}  # x is now more recent than y
+    if path == "get_many":
+        assert cache.get_many(["x"]) == {"x": "x"}  # x is now more recent than y
+    else:
+        assert other.get("x") == "x"
     for _ in range(256):
         assert cache.get("z") == "z"
     cache.set("w", "w")  # evicts the least recently used: y
-    assert sorted(cache.l1.iter_keys()) == ["w", "x", "z"]
-
-
-def test_lru_two_compositions_over_one_l1() -> None:
-    """Two compositions share one L1: a hit through one must count as recent use even when
-    the other's hits follow."""
-    l1 = MemoryBackend(3)
-    one, two = TieredCache(l1, MemoryBackend(8)), TieredCache(l1, MemoryBackend(8))
-    for key in "xyz":
-        one.set(key, key)
-    assert one.get("z") == "z" and two.get("z") == "z"
-    assert one.get("x") == "x"  # x is now more recent than y
-    for _ in range(256):
-        assert two.get("z") == "z"
-    one.set("w", "w")  # evicts the least recently used: y
     assert sorted(l1.iter_keys()) == ["w", "x", "z"]
 
 

@@ -33,6 +33,7 @@ from tieredcache.backends.memory_order import POLICIES
 from tieredcache.backends.memory_order import LinkedOrder
 from tieredcache.backends.memory_order import new_order
 from tieredcache.backends.sizing import deep_sizeof
+from tieredcache.backends.sizing import entry_bytes
 from tieredcache.entry import Entry
 from tieredcache.entry import Timer
 from tieredcache.entry import next_version
@@ -50,13 +51,9 @@ __all__ = ["MemoryBackend"]
 
 _READ_BUFFER = 256
 _CORRUPT_VALUE = object()  # what _thaw_value returns for a payload that does not decode
-# An entry's own objects, beyond its key and value: the Entry and its version (an int that is
-# never shared). Its expiry and stale time are floats; the order keeps its size as an int,
-# which CPython shares when it is at most 256.
-_ENTRY_BYTES = sys.getsizeof(Entry(None)) + deep_sizeof(next_version())
+# The order keeps an entry's size as an int, which CPython shares when it is at most 256.
 _SIZE_INT_BYTES = deep_sizeof(2**20)
 _SHARED_INT_MAX = 256
-_FLOAT_BYTES = sys.getsizeof(0.5)
 
 
 class MemoryBackend(Backend):
@@ -374,13 +371,13 @@ class MemoryBackend(Backend):
                     f"cannot serialize {type(entry.value).__name__}: {exc!r}"
                 ) from exc
             stored = Entry(payload, entry.expires_at, entry.version, entry.stale_at, entry.tags)
-            return stored, (_entry_bytes(stored, sys.getsizeof(payload)) if self.max_bytes else 0)
+            return stored, (entry_bytes(stored, sys.getsizeof(payload)) if self.max_bytes else 0)
         if entry.wire is not None:
             # Written through a composition: L1 does not keep the L2 envelope alive.
             entry = Entry(entry.value, entry.expires_at, entry.version, entry.stale_at, entry.tags)
         if self.max_bytes is None:
             return entry, 0
-        return entry, _entry_bytes(entry, deep_sizeof(entry.value))
+        return entry, entry_bytes(entry, deep_sizeof(entry.value))
 
     def _store_locked(self, key: str, stored: Entry, size: int) -> None:
         order = self._order
@@ -581,16 +578,6 @@ class MemoryBackend(Backend):
     def __repr__(self) -> str:
         bound = f", max_bytes={self.max_bytes}" if self.max_bytes else ""
         return f"<MemoryBackend maxsize={self.maxsize}{bound} policy={self.policy}>"
-
-
-def _entry_bytes(entry: Entry, value_bytes: int) -> int:
-    """What one entry holds beyond its key: the value, the Entry and its own numbers."""
-    size = _ENTRY_BYTES + value_bytes
-    if entry.expires_at is not None:
-        size += _FLOAT_BYTES
-    if entry.stale_at is not None:
-        size += _FLOAT_BYTES
-    return size
 
 
 _live: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()

@@ -31,7 +31,10 @@ import sys
 import types
 import typing as t
 
-__all__ = ["MAX_OBJECTS", "deep_sizeof"]
+from tieredcache.entry import Entry
+from tieredcache.entry import next_version
+
+__all__ = ["MAX_OBJECTS", "deep_sizeof", "entry_bytes"]
 
 #: The most objects one call visits; the rest of a larger value is extrapolated.
 MAX_OBJECTS = 10_000
@@ -249,3 +252,18 @@ def _slots_of(cls: type) -> tuple[str, ...]:
             found += [s for s in slots if s not in ("__dict__", "__weakref__")]
         names = _slot_names[cls] = tuple(found)
     return names
+
+
+def entry_bytes(entry: Entry, value_bytes: int) -> int:
+    """What one stored entry holds beyond its key: its value (``value_bytes``), the
+    :class:`~tieredcache.entry.Entry` and its version (an int that is never shared), and
+    its expiry and stale time (floats) when it has them."""
+    size = _ENTRY_BYTES + value_bytes
+    if entry.expires_at is not None:
+        size += _FLOAT_BYTES
+    if entry.stale_at is not None:
+        size += _FLOAT_BYTES
+    return size
+
+
+_ENTRY_BYTES = sys.getsizeof(Entry(None)) + deep_sizeof(next_version())
