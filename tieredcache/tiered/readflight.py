@@ -51,8 +51,8 @@ class Flight:
         # the flight is in the table, so always before the leader's finish().
         self._done: threading.Event | None = None
 
-    def add_waiter(self) -> None:
-        """One more caller will :meth:`wait` (called under the table's lock)."""
+    def add_waiter(self, key: str) -> None:
+        """One more caller will :meth:`wait` for ``key`` (called under the table's lock)."""
         self.waiters += 1
         if self._done is None:
             self._done = threading.Event()
@@ -101,9 +101,8 @@ class BatchFlight(Flight):
         self.entries: t.Mapping[str, Entry] = {}
         self.waiting: dict[str, int] = {}
 
-    def add_key_waiter(self, key: str) -> None:
-        """One more caller will wait for ``key`` (called under the table's lock)."""
-        self.add_waiter()
+    def add_waiter(self, key: str) -> None:
+        super().add_waiter(key)
         self.waiting[key] = self.waiting.get(key, 0) + 1
 
     def finish_all(self, entries: t.Mapping[str, Entry], error: BaseException | None) -> None:
@@ -149,7 +148,7 @@ class ReadFlights:
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None and ordering.refill_allowed(flight.token_for(key)):
-                _add_waiter(flight, key)
+                flight.add_waiter(key)
                 self.shared += 1
                 return flight, False
             flight = Flight(token)
@@ -174,7 +173,7 @@ class ReadFlights:
             for key in keys:
                 flight = flights.get(key)
                 if flight is not None and ordering.refill_allowed(flight.token_for(key)):
-                    _add_waiter(flight, key)
+                    flight.add_waiter(key)
                     shared[key] = flight
                 else:
                     flights[key] = batch
@@ -228,10 +227,3 @@ class ReadFlights:
 
 #: The token of a batch flight itself (its keys have their own, see BatchFlight.token_for).
 _NO_TOKEN: t.Any = (None, -1, -1)
-
-
-def _add_waiter(flight: Flight, key: str) -> None:
-    if isinstance(flight, BatchFlight):
-        flight.add_key_waiter(key)
-    else:
-        flight.add_waiter()
