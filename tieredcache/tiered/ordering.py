@@ -199,6 +199,7 @@ class Ordering:
         table's lock: a write that begins meanwhile waits for it and lands after. For an
         in-process L1, where this costs less than a lock per key. How many were stored."""
         with self._lock:
+            # refill_allowed() inlined (a tenth of a batch read's time), the epoch read once.
             epoch = max(self.cleared, self.l1_reset)
             items = {}
             for key, entry in entries.items():
