@@ -373,8 +373,7 @@ class MemoryBackend(Backend):
             stored = Entry(payload, entry.expires_at, entry.version, entry.stale_at, entry.tags)
             return stored, (entry_bytes(stored, sys.getsizeof(payload)) if self.max_bytes else 0)
         if entry.wire is not None:
-            # Written through a composition: L1 does not keep the L2 envelope alive.
-            entry = Entry(entry.value, entry.expires_at, entry.version, entry.stale_at, entry.tags)
+            entry = _unwired(entry)
         if self.max_bytes is None:
             return entry, 0
         return entry, entry_bytes(entry, deep_sizeof(entry.value))
@@ -451,9 +450,7 @@ class MemoryBackend(Backend):
             # Entries as they are, each accounted as 1: the order takes the keys in one call
             # (what _store_locked does per key, evicting once all are in).
             plain = {
-                key: entry
-                if entry.wire is None
-                else Entry(entry.value, entry.expires_at, entry.version, entry.stale_at, entry.tags)
+                key: entry if entry.wire is None else _unwired(entry)
                 for key, entry in items.items()
             }
             data = self._data
@@ -578,6 +575,12 @@ class MemoryBackend(Backend):
     def __repr__(self) -> str:
         bound = f", max_bytes={self.max_bytes}" if self.max_bytes else ""
         return f"<MemoryBackend maxsize={self.maxsize}{bound} policy={self.policy}>"
+
+
+def _unwired(entry: Entry) -> Entry:
+    """``entry`` without the L2 envelope a composition's write keeps on it (L1 does not
+    keep that envelope alive)."""
+    return Entry(entry.value, entry.expires_at, entry.version, entry.stale_at, entry.tags)
 
 
 _live: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()
