@@ -28,6 +28,7 @@ from tieredcache import ConfigurationError
 from tieredcache import SignedSerializer
 from tieredcache import ValueTooLargeError
 from tieredcache.backends.memcached import MemcachedBackend
+from tieredcache.backends.memcached_servers import listed_keys
 from tieredcache.breaker import is_availability_failure
 from tieredcache.testing.clock import FakeClock
 from tieredcache.testing.clock import wait_until
@@ -492,6 +493,48 @@ def test_clear_removes_what_another_connection_just_wrote(
         writer.set("k", i)
         clearer.clear()
         assert writer.get("k") is None, f"an item outlived clear() on round {i}"
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["client", "pooled"])
+def test_the_listing_holds_every_key_of_a_long_reply(
+    memcached_servers: list[Address], pooled: bool
+) -> None:
+    # 3,000 keys make a reply of about 180 kB, many socket reads long.
+    client = (PooledClient if pooled else Client)(memcached_servers[0], timeout=5)
+    try:
+        mine = {f"listed-{pooled}-{i}".encode() for i in range(3000)}
+        assert not client.set_many(dict.fromkeys(mine, b"x"), noreply=False)
+        assert mine <= set(listed_keys(client))
+    finally:
+        client.delete_many(list(mine), noreply=False)
+        client.close()
+
+
+def test_the_listing_holds_a_key_written_just_before(raw: Client) -> None:
+    # The server moves a new item between its LRU queues in the background; the listing
+    # walks the hash table, so a key is listed whichever queue it is in at that moment.
+    for i in range(200):
+        key = f"just-written-{i}".encode()
+        assert raw.set(key, b"x", noreply=False)
+        assert key in listed_keys(raw), f"round {i}"
+    raw.delete_many([f"just-written-{i}" for i in range(200)], noreply=False)
+
+
+def test_the_listing_waits_for_a_busy_crawler_and_then_raises(
+    fresh_memcached_server: MemcachedServer,
+) -> None:
+    client = Client(fresh_memcached_server.address, timeout=5)
+    try:
+        assert not client.set_many({f"k{i}": b"x" for i in range(3000)}, noreply=False)
+        # The crawler pauses 1 s after each 1,000 items, so this crawl lasts 2 s or more.
+        assert client.raw_command(b"lru_crawler sleep 1000000") == b"OK"
+        assert client.raw_command(b"lru_crawler crawl all") == b"OK"
+        with pytest.raises(MemcacheServerError, match="stayed busy"):
+            listed_keys(client, patience=0.2)
+        assert client.raw_command(b"lru_crawler sleep 0") == b"OK"
+        assert len(listed_keys(client, patience=10)) == 3000
+    finally:
+        client.close()
 
 
 def test_passed_in_client_is_not_closed(memcached_servers: list[Address]) -> None:

@@ -7,11 +7,11 @@ import sqlite3
 import subprocess
 import sys
 import typing as t
-import urllib.parse
 
 import pytest
 
 import tieredcache
+from tieredcache.backends.memcached_servers import listed_keys
 from tieredcache.backends.sqlite import SQLiteBackend
 from tieredcache.cli import main
 
@@ -80,19 +80,14 @@ def test_the_demo_keeps_what_others_wrote_on_redis(
 
 
 def memcached_keys(address: tuple[str, int]) -> set[bytes]:
-    """The keys the server holds, from its own listing (``lru_crawler metadump``)."""
+    """The keys the server holds, from its own listing."""
     from pymemcache.client.base import Client
 
     client = Client(address, connect_timeout=5, timeout=5)
     try:
-        listing = client.raw_command(b"lru_crawler metadump all", b"END\r\n")
+        return set(listed_keys(client))
     finally:
         client.close()
-    return {
-        urllib.parse.unquote_to_bytes(line.split(b" ", 1)[0][4:].decode("ascii"))
-        for line in listing.split(b"\n")
-        if line.startswith(b"key=")
-    }
 
 
 def test_the_demo_keeps_what_others_wrote_on_memcached(

@@ -1,14 +1,18 @@
 """Memcached servers: reading the server lists of options and URLs, naming a server in
 messages, finding the servers and pooled clients behind a ``pymemcache`` client, and
-emptying one server (:func:`flush_server`)."""
+listing and emptying one server (:func:`listed_keys`, :func:`flush_server`)."""
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 import typing as t
 import urllib.parse
 
 from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import MemcacheServerError
+from pymemcache.exceptions import MemcacheUnexpectedCloseError
 
 from tieredcache.errors import ConfigurationError
 
@@ -18,6 +22,7 @@ __all__ = [
     "ServersSpec",
     "flush_server",
     "format_server",
+    "listed_keys",
     "parse_servers",
     "pooled_clients",
     "servers_of",
@@ -110,20 +115,81 @@ def format_server(server: Server) -> str:
     return f"unix:{server}"
 
 
+_LISTINGS = (b"lru_crawler metadump hash", b"lru_crawler metadump all")
+_BUSY_WAIT = 0.005
+
+
+def listed_keys(client: t.Any, patience: float = 5.0) -> list[bytes]:
+    """The keys one memcached server holds, from its own listing.
+
+    The listing walks the server's hash table (``lru_crawler metadump hash``), so an item the
+    server is moving between its LRU queues at that moment is listed too; a server too old
+    for that walks its LRU queues instead (``metadump all``). Items expired or flushed are
+    not listed. While the server's crawler is busy with other work, the listing is asked for
+    again, for up to ``patience`` seconds; after that a ``MemcacheServerError`` is raised.
+    """
+    deadline = time.monotonic() + patience
+    waiting = threading.Event()
+    for command in _LISTINGS:
+        while True:
+            reply = _ask(client, command)
+            if reply.startswith((b"key=", b"END")):
+                return [
+                    urllib.parse.unquote_to_bytes(line.split(b" ", 1)[0][4:].decode("ascii"))
+                    for line in reply.split(b"\n")
+                    if line.startswith(b"key=")
+                ]
+            if reply.startswith(b"SERVER_ERROR"):
+                raise MemcacheServerError(reply.decode("ascii", "replace"))
+            if not reply.startswith(b"BUSY"):
+                break  # ERROR, CLIENT_ERROR, BADCLASS: not known here, try the next listing
+            if time.monotonic() >= deadline:
+                raise MemcacheServerError(f"the server's crawler stayed busy for {patience} s")
+            waiting.wait(_BUSY_WAIT)
+    raise MemcacheServerError("the server cannot list its keys (lru_crawler metadump)")
+
+
+def _ask(client: t.Any, command: bytes) -> bytes:
+    """Send ``command`` on one of ``client``'s connections and read its whole reply.
+
+    A listing is read here rather than by ``raw_command``, whose reader keeps only the last
+    socket read of a reply longer than one read. Every reply of these commands ends at its
+    first ``\\r\\n``: listed keys are escaped and end their lines with ``\\n``, the listing
+    ends with ``END\\r\\n``, and a refusal (``BUSY``, ``ERROR``) is one line.
+    """
+    pool = getattr(client, "client_pool", None)
+    if pool is not None:  # a pooled client: use one of its connections
+        with pool.get_and_release(destroy_on_fail=True) as connection:
+            return _ask(connection, command)
+    client.version()  # connects a client that is not connected yet
+    sock = client.sock
+    try:
+        sock.sendall(command + b"\r\n")
+        reply = bytearray()
+        while True:
+            searched = max(len(reply) - 1, 0)
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise MemcacheUnexpectedCloseError()
+            reply += chunk
+            end = reply.find(b"\r\n", searched)
+            if end >= 0:
+                return bytes(reply[:end])
+    except BaseException:
+        client.close()  # the connection is somewhere inside a reply
+        raise
+
+
 def flush_server(client: t.Any) -> int:
     """Empty one memcached server; how many items outlived ``flush_all`` and were deleted.
 
     ``flush_all`` invalidates what the server holds, but an item stored through another
     connection, handled by another of the server's threads, at about the same moment can
     outlive it (about one in sixty here). The server's own listing of what it still holds
-    (``lru_crawler metadump``) finds such items, and they are deleted one by one.
+    (:func:`listed_keys`) finds such items, and they are deleted one by one.
     """
     client.flush_all(noreply=False)
-    listing = client.raw_command(b"lru_crawler metadump all", b"END\r\n")
-    survivors = 0
-    for line in listing.split(b"\n"):
-        if line.startswith(b"key="):
-            key = urllib.parse.unquote_to_bytes(line.split(b" ", 1)[0][4:].decode("ascii"))
-            client.delete(key, noreply=False)
-            survivors += 1
-    return survivors
+    survivors = listed_keys(client)
+    for key in survivors:
+        client.delete(key, noreply=False)
+    return len(survivors)
