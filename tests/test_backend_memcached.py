@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -92,6 +93,17 @@ def server_ttl(client: Client, server_key: str) -> int | None:
     match = re.fullmatch(rb"HD t(-?\d+)", reply)
     assert match is not None, reply
     return int(match.group(1))
+
+
+def ttl_when_stored(client: Client, store: t.Callable[[], object], server_key: str) -> int | None:
+    """:func:`server_ttl` right after ``store()``, read within one tick of the server's clock
+    (which counts whole seconds): tried again if the clock ticked meanwhile."""
+    while True:
+        before = client.stats()[b"time"]
+        store()
+        remaining = server_ttl(client, server_key)
+        if client.stats()[b"time"] == before:
+            return remaining
 
 
 def pause(server: MemcachedServer) -> None:
@@ -205,15 +217,12 @@ def test_server_ttl_is_whole_seconds_rounded_up(
     backend.set("forever", "v", ttl=None)
     assert server_ttl(raw, key("forever")) == -1
 
-    # memcached's clock ticks once a second, so one tick may pass between set and check.
-    backend.set("sub-second", "v", ttl=0.25)
-    assert server_ttl(raw, key("sub-second")) in (1, None)  # never -1: it does expire
-
-    backend.set("fraction", "v", ttl=2.5)
-    assert server_ttl(raw, key("fraction")) in (2, 3)
-
-    backend.set("whole", "v", ttl=10)
-    assert server_ttl(raw, key("whole")) in (9, 10)
+    # memcached's clock ticks once a second and counts an expiry from its last tick: an item
+    # is stored for one second more than its TTL rounded up, so it outlives its TTL.
+    cases = [("sub-second", 0.25, 2), ("one", 1, 2), ("fraction", 2.5, 4), ("whole", 10, 11)]
+    for name, ttl, expected in cases:
+        stored = ttl_when_stored(raw, functools.partial(backend.set, name, "v", ttl), key(name))
+        assert stored == expected, name
 
     # Beyond 30 days memcached reads an absolute unix time; the remaining TTL still matches,
     # give or take the server's coarse clock.
@@ -229,8 +238,8 @@ def test_server_ttl_follows_the_backend_clock_not_its_epoch(
 ) -> None:
     clock = FakeClock(time.time() + 5 * 365 * 86400)  # years ahead of the server
     backend = make(memcached_servers, timer=clock)
-    backend.set("k", "v", ttl=20)
-    assert server_ttl(raw, backend.server_key("k")) in (19, 20)
+    server_key = backend.server_key("k")
+    assert ttl_when_stored(raw, functools.partial(backend.set, "k", "v", 20), server_key) == 21
 
 
 def test_sub_second_ttl_expires_on_the_server(
@@ -238,7 +247,7 @@ def test_sub_second_ttl_expires_on_the_server(
 ) -> None:
     backend = make(memcached_servers)
     backend.set("k", "v", ttl=0.25)
-    assert wait_until(lambda: raw.get(backend.server_key("k")) is None, timeout=3)
+    assert wait_until(lambda: raw.get(backend.server_key("k")) is None, timeout=5)
     assert backend.get("k") is None
 
 
@@ -248,14 +257,14 @@ def test_incr_and_touch_set_the_server_expiry(
     backend = make(memcached_servers)
     server_key = backend.server_key("n")
     backend.set("n", 1, ttl=100)
-    assert backend.incr("n", 2**70) == 2**70 + 1
-    assert server_ttl(raw, server_key) in (99, 100)
-    assert backend.touch("n", ttl=500) is True
-    assert server_ttl(raw, server_key) in (499, 500)
+    results: list[int] = []  # incr again if the server's clock ticked meanwhile
+    assert ttl_when_stored(raw, lambda: results.append(backend.incr("n", 2**70)), server_key) == 101
+    assert results[-1] == len(results) * 2**70 + 1
+    assert ttl_when_stored(raw, functools.partial(backend.touch, "n", ttl=500), server_key) == 501
     assert backend.touch("n", ttl=None) is True
     assert server_ttl(raw, server_key) == -1
     assert backend.get_entry("n").expires_at is None  # type: ignore[union-attr]
-    assert backend.get("n") == 2**70 + 1
+    assert backend.get("n") == results[-1]
 
 
 def test_corrupt_item_is_absent_for_add_incr_and_touch(

@@ -306,12 +306,17 @@ class MemcachedBackend(Backend):
             )
 
     def _expire(self, expires_at: float | None, now: float) -> int:
-        """The server-side expiry of an entry: whole seconds, rounded up, never 0."""
+        """The server-side expiry of an entry: whole seconds, rounded up, never 0.
+
+        memcached's clock ticks once a second and counts a relative expiry from its last
+        tick, so an item stored for ``n`` seconds may be dropped after ``n - 1`` and a bit:
+        a relative expiry gets one second more. The envelope keeps the exact expiry.
+        """
         if expires_at is None:
             return 0
         seconds = max(1, math.ceil(min(expires_at - now, float(_MAX_EXPTIME))))
-        if seconds <= _RELATIVE_LIMIT:
-            return seconds
+        if seconds < _RELATIVE_LIMIT:
+            return seconds + 1
         # memcached reads longer expiries as unix times, on the server's clock, which the
         # wall clock approximates better than an injected timer.
         return min(math.ceil(time.time()) + seconds, _MAX_EXPTIME)
