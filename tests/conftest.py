@@ -1,6 +1,7 @@
 """Shared fixtures for the whole suite.
 
-Sections: markers, servers (Redis, memcached). Add new sections below the existing ones.
+Sections: property tests, markers, servers (Redis, memcached). Add new sections below the
+existing ones.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import typing as t
 import urllib.parse
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings
 
 from tieredcache.testing.install import cannot_install_reason
 from tieredcache.testing.install import ensure_installed
@@ -19,6 +22,16 @@ from tieredcache.testing.servers import ManagedServer
 from tieredcache.testing.servers import MemcachedServer
 from tieredcache.testing.servers import RedisServer
 from tieredcache.testing.servers import ServerNotInstalledError
+
+# == property tests ==========================================================================
+
+# A property test asserts what the code does, not how fast: on a loaded machine one example can
+# take longer than hypothesis's default deadline (200 ms), which would fail the test. Tests
+# that set their own settings keep every field they do not set from this profile.
+settings.register_profile(
+    "tieredcache", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("tieredcache")
 
 # == markers ==================================================================================
 

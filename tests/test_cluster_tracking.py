@@ -43,7 +43,7 @@ PREFIX = "ctrk:"
 
 @pytest.fixture(scope="module")
 def cluster() -> t.Iterator[RedisCluster]:
-    started = RedisCluster(node_timeout_ms=1000)
+    started = RedisCluster(node_timeout_ms=2000)
     try:
         started.start()
     except ServerNotInstalledError as exc:
@@ -299,7 +299,7 @@ def test_a_failover_moves_tracking_to_the_new_primary(monkeypatch: pytest.Monkey
     # with no connection of the backplane broken and no command sent through its client.
     monkeypatch.setattr(ClusterTracking, "check_interval", 0.5)
     with contextlib.ExitStack() as stack:
-        cl = stack.enter_context(RedisCluster(node_timeout_ms=1000))
+        cl = stack.enter_context(RedisCluster(node_timeout_ms=2000))
         port = free_port()
         replica = RedisServer(
             port,

@@ -256,10 +256,12 @@ def test_writes_stay_fast_while_the_backplane_server_is_frozen(fresh_redis_serve
                 writer.delete(f"gone{i}")
                 durations.append(time.monotonic() - start)
             # The first calls wait for L2 (one timeout each); once the breaker is open they
-            # are fast: no call ever waits for the publish.
+            # do not try L2 at all, and no call ever waits for the publish (5 s).
             assert max(durations) < 2 * bound + 0.5
-            assert max(durations[3:]) < 0.1
-            assert writer.stats()["breaker"]["state"] == "open"
+            assert max(durations[3:]) < bound
+            breaker = writer.stats()["breaker"]
+            assert breaker["state"] == "open"
+            assert breaker["refused"] >= 2 * len(durations[3:])
         finally:
             fresh_redis_server.resume()
     finally:
@@ -329,7 +331,7 @@ def test_sixteen_writers_of_one_hot_key_each_wait_about_one_timeout(
         fresh_redis_server.resume()
     try:
         assert len(waits) == 16
-        assert max(waits) < bound + 0.5, (bound, sorted(waits))
+        assert max(waits) < bound + 1.0, (bound, sorted(waits))  # 16 threads on 2 cores
         assert set(outcomes) == ({"ok"} if fail_open else {"unavailable"})
         if fail_open:
             # The newest write reaches L2 once it answers again.
@@ -352,7 +354,7 @@ def test_fail_open_get_or_set_waits_at_most_one_timeout(fresh_redis_server: t.An
     finally:
         fresh_redis_server.resume()
     try:
-        assert elapsed < bound + 0.3, elapsed
+        assert elapsed < bound + 0.5, elapsed
         assert reads == ["loaded"]
         assert cache.get("k") == "value"
         assert cache.wait_idle(PATIENCE)

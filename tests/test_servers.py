@@ -156,7 +156,7 @@ def test_redis_client_pause_delays_replies(fresh_redis_server: RedisServer) -> N
             replies.append(sock.recv(4096))
             answered.set()
 
-    server.client_pause(1000)
+    server.client_pause(2000)  # long enough to outlast a slow start of the thread below
     worker = threading.Thread(target=ping)
     worker.start()
     try:

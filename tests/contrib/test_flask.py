@@ -237,10 +237,11 @@ class TestTimeouts:
         assert fcache.get("forever") == "v"
 
     def test_short_timeout_expires(self, fcache: flask_caching.Cache) -> None:
-        assert fcache.set("brief", "v", timeout=0.3) is True
-        assert fcache.set("timedelta", "v", timeout=dt.timedelta(milliseconds=300)) is True
+        # A second: the read below comes well before it ends, even on a slow machine.
+        assert fcache.set("brief", "v", timeout=1.0) is True
+        assert fcache.set("timedelta", "v", timeout=dt.timedelta(milliseconds=1000)) is True
         assert fcache.get("brief") == "v"
-        time.sleep(0.45)
+        time.sleep(1.15)
         assert fcache.get("brief") is None
         assert fcache.get("timedelta") is None
         assert fcache.has("brief") is False
