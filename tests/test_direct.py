@@ -275,3 +275,37 @@ def test_long_commands_pack_alike_with_and_without_hiredis(monkeypatch: pytest.M
     assert with_hiredis.startswith(b"*53\r\n$4\r\nMGET\r\n") and with_hiredis.endswith(
         b"$0\r\n\r\n$4\r\n\r\n$*\r\n"
     )
+
+
+def test_direct_connections_speak_resp2_whatever_the_drivers_default(
+    make: t.Callable[..., Made], redis_url: str
+) -> None:
+    # RESP3 (redis-py's default since 8) lets the server push frames between replies: with
+    # tracking on, a change of a read key pushes an invalidation, which must not be taken
+    # for the reply of the next command.
+    client, direct = make(redis_url)
+    hello = direct.call(pack(b"HELLO"))
+    assert hello[hello.index(b"proto") + 1] == 2
+    assert direct.call(pack(b"CLIENT", b"TRACKING", b"on")) == b"OK"
+    client.set("tracked", b"old")
+    client.set("other", b"theirs")
+    assert direct.call(get(b"tracked")) == b"old"
+    client.set("tracked", b"new")
+    assert direct.call(get(b"other")) == b"theirs"
+    assert direct.call(get(b"tracked")) == b"new"
+
+
+def test_a_publish_reaches_the_channel_as_the_client_encodes_it(redis_url: str) -> None:
+    from tieredcache.redis.publisher import Publisher
+
+    with redis.Redis.from_url(redis_url, encoding="latin-1", protocol=2) as client:
+        subscriber = client.pubsub()
+        try:
+            subscriber.subscribe("café")
+            assert subscriber.get_message(timeout=5)["type"] == "subscribe"
+            assert DirectCommands.for_client(client) is not None  # the path tested
+            Publisher(client, "café").send(b"hello")
+            message = subscriber.get_message(timeout=5)
+            assert message is not None and message["data"] == b"hello"
+        finally:
+            subscriber.close()

@@ -165,7 +165,9 @@ class DirectCommands:
         except IndexError:
             link = self._connect()
         else:
-            if link.stale_at < now:  # idle for longer than the health check interval
+            # Idle for longer than the health check interval, or left over from before
+            # close(): replaced by a new connection.
+            if link.stale_at < now or link.generation != self._generation:
                 self._discard(link)
                 link = self._connect()
         clean = False
@@ -192,6 +194,8 @@ class DirectCommands:
             if clean and link.generation == self._generation:
                 link.stale_at = now + link.check_after
                 self._idle.append(link)
+                if link.generation != self._generation:
+                    self._drop_idle(link)  # close() ran meanwhile: it did not see this one
             else:
                 self._discard(link)
 
@@ -208,12 +212,24 @@ class DirectCommands:
             generation = self._generation
         pool = self._pool
         conn = None
+        options = dict(pool.connection_kwargs)
+        if _HAS_PROTOCOL_OPTION:
+            # RESP2, whatever the driver's default: RESP3 lets the server push frames
+            # (invalidations, maintenance notifications) between replies, which a reply
+            # read here would be taken for. Maintenance notifications need RESP3.
+            options["protocol"] = 2
+            for name in ("maint_notifications_config", "maint_notifications_pool_handler"):
+                options.pop(name, None)
         try:
-            conn = pool.connection_class(**pool.connection_kwargs)
+            conn = pool.connection_class(**options)
             conn.connect()
             sock = getattr(conn, "_sock", None)
-            if type(conn) not in _OWN_CONNECTIONS or not isinstance(sock, socket.socket):
-                return _Link(conn, generation)
+            if (
+                type(conn) not in _OWN_CONNECTIONS
+                or not isinstance(sock, socket.socket)
+                or str(getattr(conn, "protocol", 2)) != "2"
+            ):
+                return _Link(conn, generation)  # the driver reads its replies
             reader = FrameReader(use_hiredis=self._use_hiredis)
             link = _Link(conn, generation, sock, reader, bytearray(self._read_size))
             # Instead of the PING redis-py sends on a connection idle for longer than
@@ -227,6 +243,13 @@ class DirectCommands:
             if conn is not None:
                 _disconnect(conn)
             raise
+
+    def _drop_idle(self, link: _Link) -> None:
+        try:
+            self._idle.remove(link)
+        except ValueError:
+            return  # taken by a caller, who discards it (its generation is old)
+        self._discard(link)
 
     def _discard(self, link: _Link) -> None:
         with self._lock:
@@ -251,6 +274,9 @@ class DirectCommands:
 
 
 _ResponseError = redis.exceptions.ResponseError
+
+#: redis-py 5 and later take the protocol version as a connection option.
+_HAS_PROTOCOL_OPTION = int(redis.__version__.split(".")[0]) >= 5
 
 #: The connection classes whose socket carries nothing but the commands sent on it.
 _OWN_CONNECTIONS = (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)

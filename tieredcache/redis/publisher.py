@@ -33,7 +33,8 @@ class Publisher:
     def __init__(self, client: t.Any, channel: str) -> None:
         self._client = client
         self._channel = channel
-        self._channel_bytes = channel.encode("utf-8")
+        # Encoded as the client encodes it: the channel the subscribers subscribed to.
+        self._channel_bytes = client.get_encoder().encode(channel)
         self._direct = DirectCommands.for_client(client)
 
     def send(self, message: bytes) -> None:
