@@ -3,6 +3,9 @@ answers everything else (misses, expiry, tags, bad keys) exactly as the ordinary
 
 from __future__ import annotations
 
+import os
+import select
+import threading
 import typing as t
 
 import pytest
@@ -15,6 +18,8 @@ from tieredcache import MemoryBackend
 from tieredcache import TieredCache
 from tieredcache.entry import Entry
 from tieredcache.testing.clock import FakeClock
+
+PATIENCE = 10.0
 
 
 class PlainReads(MemoryBackend):
@@ -223,3 +228,55 @@ def test_an_l1_clock_that_fails_is_an_l1_read_failure() -> None:
     l1.timer = broken
     assert cache.get("k") == "v"  # answered by L2, as any failed L1 read
     assert cache.stats()["l1_read_errors"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_during_another_threads_replay_keeps_recency_in_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another thread is replaying the read buffer (it holds the L1's lock) when the process
+    # forks: that replay never ends in the child, whose own reads are still replayed.
+    l1 = MemoryBackend(3)
+    cache = TieredCache(l1, MemoryBackend(8))
+    for key in "xyz":
+        cache.set(key, key)
+    replaying, finish = threading.Event(), threading.Event()
+    order = l1._order
+    replay = order.replay
+
+    def held(reads: t.Any) -> None:
+        replaying.set()
+        finish.wait(PATIENCE)
+        replay(reads)
+
+    monkeypatch.setattr(order, "replay", held)
+    reader = threading.Thread(target=lambda: [cache.get("z") for _ in range(300)])
+    reader.start()
+    try:
+        assert replaying.wait(PATIENCE)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            status = b"?"
+            try:
+                order.replay = replay  # the child's replays are not held
+                assert cache.get("x") == "x"  # x is now more recent than y
+                for _ in range(256):
+                    assert cache.get("z") == "z"
+                cache.set("w", "w")  # evicts the least recently used: y
+                status = repr(sorted(l1.iter_keys())).encode()
+            except BaseException as exc:
+                status = repr(exc).encode()
+            finally:
+                os.write(write, status)
+                os._exit(0)
+        os.close(write)
+        try:
+            assert select.select([read], [], [], PATIENCE)[0], "the child hung"
+            assert os.read(read, 1000) == repr(["w", "x", "z"]).encode()
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+    finally:
+        finish.set()
+        reader.join(PATIENCE)

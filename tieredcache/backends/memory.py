@@ -587,9 +587,11 @@ _live: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()
 
 
 def _reset_locks_after_fork() -> None:
-    # A lock held by another thread at the fork would never be released in the child.
+    # A lock held by another thread at the fork would never be released in the child, nor
+    # would that thread's replay of the read buffer end there.
     for backend in list(_live):
         backend._lock = threading.Lock()
+        backend._replaying = False
 
 
 lifecycle.on_fork(_reset_locks_after_fork, lifecycle.Stage.STATE)
