@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 import typing as t
 
 import pytest
@@ -190,3 +191,32 @@ def test_a_waiter_waits_at_most_the_l2_timeout(redis_url: str, fail_open: bool) 
         finally:
             pool.shutdown()
         cache._check_invariants()
+
+
+def test_a_leader_whose_tag_check_fails_ends_its_read(l2: FaultyBackend) -> None:
+    # The leader's L2 read succeeds, then checking the entry's tags fails (the clock of the
+    # tier raises once): the read still ends, so the key's next reads do not wait for it.
+    failures = []
+
+    def clock() -> float:
+        if failures:
+            raise failures.pop()
+        return time.time()
+
+    cache = TieredCache(MemoryBackend(timer=clock), l2)
+    try:
+        cache.set("k", "v", tags=["t"])
+        cache.l1.delete("k")
+        failures.append(RuntimeError("the clock failed"))
+        with pytest.raises(RuntimeError, match="the clock failed"):
+            cache.get("k")
+        answers: list[t.Any] = []
+        reader = threading.Thread(target=lambda: answers.append(cache.get("k")), daemon=True)
+        reader.start()
+        reader.join(PATIENCE)
+        assert answers == ["v"]
+        cache.set("k", "new", tags=["t"])
+        cache.l1.delete("k")
+        assert cache.get("k") == "new"
+    finally:
+        cache.close()

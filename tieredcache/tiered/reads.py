@@ -101,12 +101,12 @@ class Reader:
                 if leader:
                     try:
                         entry = self.gate.read([key]).get(key)
+                        if entry is not None and entry.tags and not self.tag_index.valid(entry):
+                            entry = None
                     except BaseException as exc:
                         leader = False
                         self.flights.land(key, flight, None, exc)
                         raise
-                    if entry is not None and entry.tags and not self.tag_index.valid(entry):
-                        entry = None
                 else:
                     entry = self.shared_answer(key, flight)
             except Exception as exc:
