@@ -14,6 +14,7 @@ import typing as t
 import pytest
 
 from tieredcache import MemoryBackend
+from tieredcache import RaceRead
 from tieredcache import RedisBackend
 from tieredcache import TieredCache
 from tieredcache.errors import BackendTimeoutError
@@ -220,3 +221,46 @@ def test_a_leader_whose_tag_check_fails_ends_its_read(l2: FaultyBackend) -> None
         assert cache.get("k") == "new"
     finally:
         cache.close()
+
+
+def test_a_read_race_never_shares_its_slower_leg_after_it_returned() -> None:
+    # RaceRead with an L1 in another process returns once L1 answers; its L2 leg still
+    # reads. A write made after that, then a read of the key by the writer: the read may
+    # not take the slower leg's answer, which is older than the write.
+    class RemoteL1(MemoryBackend):
+        local = False
+
+    answered, deliver = threading.Event(), threading.Event()
+
+    class SlowL2(MemoryBackend):
+        held = False
+
+        def get_entry(self, key: str) -> t.Any:
+            entry = super().get_entry(key)
+            if self.held and threading.current_thread().name.startswith("pool"):
+                self.held = False
+                answered.set()  # L2 has answered the old value, delivered late
+                deliver.wait(PATIENCE)
+            return entry
+
+    l2 = SlowL2()
+    executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="pool")
+    cache = TieredCache(RemoteL1(), l2, read=RaceRead(), executor=executor)
+    try:
+        cache.set("a", "old")
+        l2.held = True
+        assert cache.get_many(["a"]) == {"a": "old"}  # L1 won; the L2 leg is still reading
+        assert answered.wait(PATIENCE)
+        cache.set("a", "new")
+        cache.l1.delete("a")
+        answers: list[t.Any] = []
+        reader = threading.Thread(target=lambda: answers.append(cache.get("a")), daemon=True)
+        reader.start()
+        reader.join(PATIENCE)  # a read of its own needs no late answer
+        deliver.set()
+        reader.join(PATIENCE)
+        assert answers == ["new"]
+    finally:
+        deliver.set()
+        cache.close()
+        executor.shutdown()

@@ -240,6 +240,13 @@ class Ordering:
             and max(self.cleared, self.l1_reset) == epoch
         )
 
+    def shareable(self, key: str, token: ReadToken) -> bool:
+        """True if another caller may take the answer of the read of ``key`` that began
+        with ``token``: it may still refill (:meth:`refill_allowed`), and it is still
+        registered, so that a write begun since would show in its key's state. (A read
+        that ended, as a read race's slower leg can, is no longer told of new writes.)"""
+        return self._states.get(key) is token[0] and self.refill_allowed(token)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._states)

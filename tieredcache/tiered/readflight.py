@@ -8,8 +8,9 @@ the L2 timeout.
 
 Sharing never hands a waiter a value older than a write it made itself: a waiter joins a
 read in flight only if no write of the key was running when that read began, and none has
-begun since (the same condition under which the leader may refill L1, see
-:meth:`.Ordering.refill_allowed`). Otherwise it starts a read of its own, which replaces the
+begun since (the condition under which the leader may refill L1, see
+:meth:`.Ordering.shareable`), and only while the read is still registered in the ordering,
+which tells it of such writes. Otherwise it starts a read of its own, which replaces the
 old one in the table. A write this process made before it waited has therefore either
 landed in L2 (or in the replay queue) before the shared read began, or makes the waiter
 read again.
@@ -147,7 +148,7 @@ class ReadFlights:
         ordering = self.ordering
         with self._lock:
             flight = self._flights.get(key)
-            if flight is not None and ordering.refill_allowed(flight.token_for(key)):
+            if flight is not None and ordering.shareable(key, flight.token_for(key)):
                 flight.add_waiter(key)
                 self.shared += 1
                 return flight, False
@@ -172,7 +173,7 @@ class ReadFlights:
             flights = self._flights
             for key in keys:
                 flight = flights.get(key)
-                if flight is not None and ordering.refill_allowed(flight.token_for(key)):
+                if flight is not None and ordering.shareable(key, flight.token_for(key)):
                     flight.add_waiter(key)
                     shared[key] = flight
                 else:
