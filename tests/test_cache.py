@@ -22,6 +22,7 @@ from tieredcache import InlineOffload
 from tieredcache import LoserPolicy
 from tieredcache import MemoryBackend
 from tieredcache import NullBackend
+from tieredcache import OffloadError
 from tieredcache import OptimisticParallelWrite
 from tieredcache import PickleSerializer
 from tieredcache import RaceWrite
@@ -31,9 +32,12 @@ from tieredcache import SQLiteBackend
 from tieredcache import ThreadPoolOffload
 from tieredcache import TieredCache
 from tieredcache.testing.clock import FakeClock
+from tieredcache.testing.clock import wait_until
 from tieredcache.testing.contract import BackendContract
 from tieredcache.testing.faults import FaultyBackend
 from tieredcache.testing.faults import ManualExecutor
+
+PATIENCE = 10.0
 
 
 @pytest.fixture
@@ -280,6 +284,46 @@ def test_race_write_l1_interrupted_still_ends_the_l2_leg() -> None:
         l1.delete("k")
         assert cache.get("k") == 2  # an L2 hit ...
         assert l1.get("k") == 2, cache.stats()  # ... that refills L1
+
+
+@pytest.mark.parametrize("l1_local", [True, False], ids=["local-l1", "remote-l1"])
+def test_race_write_whose_l2_leg_is_cancelled_ends_it_and_reports_it(l1_local: bool) -> None:
+    """The executor is shut down with cancel_futures=True while the L2 leg of a RaceWrite
+    waits in its queue: the leg never runs, the key's write still ends (a later read
+    refills L1), and the unwritten L2 is reported as a failure of that layer."""
+    executor = ManualExecutor()
+    reports: list[tuple[str, list[str], BaseException]] = []
+    l1 = MemoryBackend(8)
+    l1.local = l1_local  # type: ignore[misc]
+    cache = TieredCache(
+        l1,
+        MemoryBackend(8),
+        write=RaceWrite(),
+        executor=executor,
+        offload=ThreadPoolOffload(max_workers=1),
+        on_partial_failure=lambda tier, keys, exc: reports.append((tier, keys, exc)),
+    )
+    try:
+        if l1_local:
+            cache.set("k", 1)  # L1 now; the L2 leg waits in the executor's queue
+        else:
+            writing = threading.Thread(target=cache.set, args=("k", 1))
+            writing.start()
+            assert wait_until(lambda: executor.pending == 2)
+            executor.run(1)  # L1's leg (queued after L2's) wins the race
+            writing.join(PATIENCE)
+        executor.shutdown(cancel_futures=True)
+        assert cache.drain(PATIENCE)
+        assert cache.stats()["in_flight_keys"] == 0
+        assert [(tier, keys) for tier, keys, _ in reports] == [("l2", ["k"])]
+        assert isinstance(reports[0][2], OffloadError)
+        assert cache.l2.get("k") is None
+        cache.l2.set("k", 2)  # written elsewhere; L1 drops its copy
+        cache.l1.delete("k")
+        assert cache.get("k") == 2
+        assert cache.l1.get("k") == 2  # refilled: the cancelled write ended
+    finally:
+        cache.close()
 
 
 def test_parallel_write_with_a_local_l1_needs_no_worker() -> None:

@@ -152,7 +152,8 @@ class LoaderTimeoutError(TieredCacheError, TimeoutError):
 
 
 class OffloadError(TieredCacheError):
-    """A background task could not be accepted (the offload is closed)."""
+    """A background task could not be accepted (the offload is closed), or was cancelled
+    before it ran (its executor was shut down)."""
 
 
 class UnsupportedOperationError(TieredCacheError, NotImplementedError):

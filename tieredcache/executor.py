@@ -101,11 +101,17 @@ def submit(
     """:func:`start` for a caller that already knows ``executor`` may take the work (see
     :func:`must_run_inline`)."""
     try:
-        return executor.submit(marked(fn))
+        future = executor.submit(marked(fn))
     except RuntimeError:
         # The executor is shut down (interpreter exit, or a closed custom executor): the
         # caller still gets its work done, on its own thread.
         return run_inline(fn)
+    discard = getattr(fn, "discard", None)
+    if discard is not None:
+        # Work that keeps bookkeeping (a write's leg) and is cancelled before it runs (its
+        # executor shut down with cancel_futures=True) still ends that bookkeeping.
+        future.add_done_callback(lambda done: done.cancelled() and discard())
+    return future
 
 
 def default_executor() -> concurrent.futures.ThreadPoolExecutor:

@@ -22,6 +22,7 @@ import enum
 import typing as t
 
 from tieredcache.errors import BothLayersFailed
+from tieredcache.errors import OffloadError
 from tieredcache.executor import must_run_inline
 from tieredcache.executor import run_inline
 from tieredcache.executor import start
@@ -93,7 +94,12 @@ def _settle(e1: BaseException | None, e2: BaseException | None, ctx: PolicyConte
 
 
 def _outcome(future: concurrent.futures.Future[object]) -> BaseException | None:
-    return future.exception()
+    """The leg's error, or ``None``. A leg whose executor cancelled it before it ran (a shut
+    down executor) failed: its layer was not written."""
+    try:
+        return future.exception()
+    except concurrent.futures.CancelledError:
+        return OffloadError("the leg was cancelled before it ran: its executor was shut down")
 
 
 class OptimisticParallelWrite(WritePolicy):
@@ -179,7 +185,7 @@ class RaceWrite(WritePolicy):
             succeeded = False
             for future in done:
                 tier = legs[future][0]
-                exc = future.exception()
+                exc = _outcome(future)
                 if exc is None:
                     succeeded = True
                 else:
@@ -203,11 +209,11 @@ class RaceWrite(WritePolicy):
             _discard(l2)
             raise
         f2 = submit(l2, t.cast(concurrent.futures.Executor, ctx.executor))
-        failure = f1.exception()
+        failure = _outcome(f1)
         if failure is None:
             self._lose(f2, "l2", l2, ctx)
             return
-        other = f2.exception()
+        other = _outcome(f2)
         if other is None:
             ctx.report("l1", tag_tier(failure, "l1"))
             return
@@ -219,8 +225,9 @@ class RaceWrite(WritePolicy):
         self, future: concurrent.futures.Future[object], tier: str, leg: Leg, ctx: PolicyContext
     ) -> None:
         def report_failure(done: concurrent.futures.Future[object]) -> None:
-            if not done.cancelled() and done.exception() is not None:
-                ctx.report(tier, tag_tier(t.cast(BaseException, done.exception()), tier))
+            failure = _outcome(done)  # a leg cancelled before it ran is a failed one too
+            if failure is not None:
+                ctx.report(tier, tag_tier(failure, tier))
 
         if self.loser is LoserPolicy.DROP:
             if future.cancel():
