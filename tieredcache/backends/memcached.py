@@ -306,12 +306,9 @@ class MemcachedBackend(Backend):
             )
 
     def _expire(self, expires_at: float | None, now: float) -> int:
-        """The server-side expiry of an entry: whole seconds, rounded up, never 0.
-
-        memcached's clock ticks once a second and counts a relative expiry from its last
-        tick, so an item stored for ``n`` seconds may be dropped after ``n - 1`` and a bit:
-        a relative expiry gets one second more. The envelope keeps the exact expiry.
-        """
+        """The server-side expiry of an entry: whole seconds, rounded up, never 0, and a
+        relative one a second longer (memcached counts it from its clock's last tick, which
+        can be almost a second old); the envelope keeps the exact expiry."""
         if expires_at is None:
             return 0
         seconds = max(1, math.ceil(min(expires_at - now, float(_MAX_EXPTIME))))
