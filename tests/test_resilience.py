@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import typing as t
@@ -175,13 +176,18 @@ def test_newer_write_supersedes_a_queued_replay(offload: ThreadPoolOffload) -> N
     assert figures["replay_superseded"] + figures["replayed"] == 1
 
 
-def test_replay_queue_is_bounded(offload: ThreadPoolOffload) -> None:
+def test_replay_queue_is_bounded(
+    offload: ThreadPoolOffload, caplog: pytest.LogCaptureFixture
+) -> None:
     cache, l2 = faulty_cache(offload, fail_open=True, replay_limit=3)
     l2.fail("set")
     for i in range(5):
         cache.set(f"k{i}", i)
     figures = cache.stats()
     assert figures["replay_pending"] == 3 and figures["replay_dropped"] == 2
+    with caplog.at_level(logging.WARNING, logger="tieredcache"):
+        cache.close()  # L2 still fails: the writes it could not replay are reported
+    assert "closing with 3 failed l2 write(s) not replayed" in caplog.text
 
 
 def test_fail_open_add_is_decided_by_l1(offload: ThreadPoolOffload) -> None:
