@@ -500,12 +500,15 @@ def test_incr_goes_through_l2_and_drops_the_l1_copy() -> None:
         cache.incr("missing")
 
 
-def test_incr_seeds_l2_from_l1() -> None:
+def test_incr_of_a_key_l2_lost_is_missing_and_drops_the_l1_copy() -> None:
+    # Another process deleted the key (or L2 evicted it): L1's copy must not bring it back.
     cache = TieredCache(MemoryBackend(), MemoryBackend())
     cache.set("n", 1)
     cache.l2.clear()
-    assert cache.incr("n") == 2
-    assert cache.l2.get("n") == 2
+    with pytest.raises(KeyError):
+        cache.incr("n")
+    assert cache.l1.get("n") is None and cache.l2.get("n") is None
+    assert cache.get("n") is None
 
 
 def test_add_is_decided_by_l2() -> None:

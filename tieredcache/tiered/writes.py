@@ -285,21 +285,17 @@ class Writer:
         with gate.operation(), self.ordering.write(keys, next_version()) as slot:
 
             def incr_l2(_: list[str]) -> int:
-                try:
-                    value: int = gate.call(self.l2.incr, key, delta)
-                except KeyError:
-                    # L1 may hold what L2 lost (eviction, Refill.NEVER): seed L2 from it.
-                    held = self.l1.get_entry(key)
-                    if held is None:
-                        raise
-                    gate.call(self.l2.add_entry, key, held)
-                    value = gate.call(self.l2.incr, key, delta)
+                value: int = gate.call(self.l2.incr, key, delta)
                 gate.landed("set", keys, slot.seq)
                 return value
 
-            value = gate.run(slot, incr_l2, None, supersede=False)
-            # L1 drops its copy; the next read refills it with L2's exact entry.
-            slot.run(L1, self.l1.delete_many)
+            try:
+                # L2, the shared authority, decides: a key it does not hold is missing, even
+                # if L1 still holds a copy (the key was deleted elsewhere, or evicted).
+                value = gate.run(slot, incr_l2, None, supersede=False)
+            finally:
+                # L1 drops its copy either way; the next read takes L2's exact entry.
+                slot.run(L1, self.l1.delete_many)
             return t.cast(int, value)
 
     def clear(self) -> None:
