@@ -19,6 +19,7 @@ from tieredcache import ConfigurationError
 from tieredcache import Entry
 from tieredcache import MemoryBackend
 from tieredcache import PickleSerializer
+from tieredcache import ValueTooLargeError
 from tieredcache.backends import memory as memory_module
 from tieredcache.testing.clock import FakeClock
 from tieredcache.testing.contract import BackendContract
@@ -316,3 +317,15 @@ def test_replayed_reads_move_their_keys_and_skip_keys_gone_since() -> None:
     assert list(order.keys()) == ["d", "e", "f", "b", "a", "c"] and not reads
     order.replay(collections.deque(["x", "y"]))  # nothing held: nothing moves
     assert list(order.keys()) == ["d", "e", "f", "b", "a", "c"]
+
+
+def test_an_incr_whose_result_does_not_fit_max_bytes_keeps_the_old_value() -> None:
+    backend = MemoryBackend(max_bytes=50_000)
+    for i in range(10):
+        backend.set(f"other{i}", i)
+    backend.set("n", 1)
+    with pytest.raises(ValueTooLargeError):
+        backend.incr("n", 2**500_000)  # a result of about 65 kB
+    assert backend.get("n") == 1
+    assert all(backend.get(f"other{i}") == i for i in range(10))  # nothing was evicted
+    backend._check_invariants()

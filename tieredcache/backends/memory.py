@@ -503,6 +503,7 @@ class MemoryBackend(Backend):
             result = value + delta
             updated = Entry(result, current.expires_at, next_version(), current.stale_at)
             stored, size = self._freeze(updated)
+            self._check_size(key, size)  # before anything changes: the key keeps its value
             self._store_locked(key, stored, size)
             return result
 
