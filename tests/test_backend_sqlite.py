@@ -136,6 +136,25 @@ def test_rows_hold_the_envelope_and_its_expiry(make: t.Callable[..., SQLiteBacke
     assert rows["forever"][1] is None
 
 
+@pytest.mark.parametrize("forged", [42, 1.5, "TC plain text"], ids=["int", "real", "text"])
+def test_a_value_column_that_is_not_bytes_reads_as_a_miss(
+    make: t.Callable[..., SQLiteBackend], db_path: str, forged: t.Any
+) -> None:
+    # Another program wrote a number or text where an envelope belongs.
+    backend = make()
+    backend.set("k", "placeholder")
+    with contextlib.closing(sqlite3.connect(db_path)) as raw:
+        raw.execute(f'UPDATE "{backend.table}" SET value = ? WHERE key = ?', (forged, "k"))
+        raw.commit()
+    assert backend.get("k") is None
+    assert backend.get_many(["k", "other"]) == {}
+    with pytest.raises(KeyError):
+        backend.incr("k")
+    assert backend.add("k", "mine") is True  # a miss: the key is free
+    assert backend.get("k") == "mine"
+    assert backend.stats()["corrupt"] >= 2
+
+
 def test_tables_in_one_file_are_independent(make: t.Callable[..., SQLiteBackend]) -> None:
     first, second = make(table="first"), make(table="second")
     first.set("k", 1)

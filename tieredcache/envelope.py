@@ -93,6 +93,9 @@ def read_header(data: bytes) -> tuple[float | None, float | None, int]:
     :raises DeserializationError: the bytes are not an envelope, or its times are not finite
         numbers.
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        # A store of typed columns (SQLite) can hold a number or text another program wrote.
+        raise DeserializationError(f"payload is {type(data).__name__}, not bytes")
     if len(data) < HEADER_SIZE:
         raise DeserializationError("payload is shorter than the envelope header")
     magic, fmt, flags, expires_at, stale_at, version = HEADER.unpack_from(data)

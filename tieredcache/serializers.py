@@ -368,7 +368,11 @@ class EntryCodec:
         :raises DeserializationError: the envelope or its payload cannot be decoded.
         """
         # read_header() inlined: this runs once for every key an L2 read returns.
-        if len(data) < _SIZE or not data.startswith(_MAGIC_FORMAT):
+        try:
+            usual = len(data) >= _SIZE and data.startswith(_MAGIC_FORMAT)
+        except TypeError:  # not bytes (a number or text in a store of typed columns)
+            usual = False
+        if not usual:
             self.read_header(data)  # raises the precise error
         flags, expires_at, stale_at, version = _unpack_fields(data, _FLAGS_OFFSET)
         if flags == _EXPIRES_ONLY and expires_at - expires_at == 0.0:
