@@ -41,6 +41,7 @@ from tieredcache.errors import ConfigurationError
 from tieredcache.errors import SerializationError
 from tieredcache.errors import ValueTooLargeError
 from tieredcache.serializers import EntryCodec
+from tieredcache.testing.clock import wait_until
 
 PACKAGE = __name__.rpartition(".")[0]
 PROJECT = f"{PACKAGE}.django_project" if PACKAGE else "django_project"
@@ -54,6 +55,8 @@ KINDS = [
     "sqlite",
     "memory",
 ]
+
+PATIENCE = 10.0
 
 
 def configure_django() -> None:
@@ -474,6 +477,8 @@ def test_default_key_layout(redis_location: str, raw_redis: t.Any) -> None:
 def test_instances_in_two_threads_share_one_l1(redis_location: str) -> None:
     with override_settings(CACHES={"default": entry(redis_location)}):
         mine = caches["default"]
+        # The backplane (on by default for Redis) empties L1 once when it subscribes.
+        assert mine.tiered.backplane is not None and mine.tiered.backplane.wait_connected(10)
         mine.set("shared", {"n": 1})
         before = mine.tiered.stats()
         seen: dict[str, t.Any] = {}
@@ -728,6 +733,37 @@ def test_async_variants(cache: t.Any) -> None:
 
 
 # == across processes ===========================================================================
+
+
+def test_with_redis_the_backplane_is_on_and_other_processes_see_a_change(
+    redis_location: str,
+) -> None:
+    # The default OPTIONS of a Redis LOCATION: a change made through one process reaches the
+    # L1 copy another process holds (here a second cache, with its own L1, on the same Redis).
+    with override_settings(CACHES={"default": entry(redis_location)}):
+        first = caches["default"]
+        assert first.tiered.backplane is not None
+        second = config.build_cache(
+            redis_location, {"BACKPLANE": True}, secret_key=settings.SECRET_KEY
+        )
+        try:
+            assert first.tiered.backplane.wait_connected(PATIENCE)
+            assert second.backplane is not None and second.backplane.wait_connected(PATIENCE)
+            made = first.make_key("k")
+            first.set("k", "old")
+            assert second.get(made) == "old"  # now in the second process's L1
+            first.set("k", "new")
+            assert wait_until(lambda: second.get(made) == "new", PATIENCE)
+            second.delete(made)
+            assert wait_until(lambda: first.get("k") is None, PATIENCE)
+        finally:
+            second.close()
+
+
+def test_backplane_false_turns_the_default_off(redis_location: str) -> None:
+    options = {"BACKPLANE": False}
+    with override_settings(CACHES={"default": entry(redis_location, OPTIONS=options)}):
+        assert caches["default"].tiered.backplane is None
 
 
 def test_another_process_sees_a_change_once_its_l1_copy_expires(redis_location: str) -> None:

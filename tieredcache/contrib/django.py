@@ -51,6 +51,7 @@ from tieredcache.errors import ConfigurationError
 from tieredcache.errors import DeserializationError
 from tieredcache.errors import SerializationError
 from tieredcache.errors import ValueTooLargeError
+from tieredcache.locations import parse_location
 
 __all__ = ["TieredCache"]
 
@@ -58,6 +59,21 @@ __all__ = ["TieredCache"]
 # takes, or one holding a control character, a space or DEL.
 _MEMCACHE_MAX_KEY_LENGTH = 250
 _memcache_unsafe = re.compile("[\x00-\x20\x7f]").search
+
+
+def _with_default_backplane(location: t.Any, options: dict[str, t.Any]) -> dict[str, t.Any]:
+    """``options`` with ``BACKPLANE`` on when they leave it out and L2 is one Redis: the
+    processes of a site then drop each other's changed keys from their L1 within
+    milliseconds, as every process of a django-redis site reads Redis itself."""
+    if any(name.upper() == "BACKPLANE" for name in options):
+        return options
+    try:
+        kind = parse_location(location).kind
+    except ConfigurationError:
+        return options  # the cache reports it
+    return {**options, "BACKPLANE": True} if kind == "redis" else options
+
+
 # OPTIONS that configure this Django backend rather than the shared cache.
 _BACKEND_OPTIONS = ("IGNORE_EXCEPTIONS", "LOG_IGNORED_EXCEPTIONS")
 
@@ -174,6 +190,7 @@ class TieredCache(DjangoRedisAPI, BaseCache):
             cls.make_key is BaseCache.make_key and cls.validate_key is BaseCache.validate_key
         )
         try:
+            options = _with_default_backplane(location, options)
             self._tiered = config.shared_cache(
                 location, options, secret_key=secret or None, fallback_secrets=fallbacks
             )
