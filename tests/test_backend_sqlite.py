@@ -30,9 +30,11 @@ from tieredcache import ConfigurationError
 from tieredcache import Entry
 from tieredcache import EntryCodec
 from tieredcache import InvalidKeyError
+from tieredcache import MemoryBackend
 from tieredcache import PickleSerializer
 from tieredcache import SerializationError
 from tieredcache import SignedSerializer
+from tieredcache import TieredCache
 from tieredcache.backends.sqlite import SQLiteBackend
 from tieredcache.backends.sqlite import default_path
 from tieredcache.serializers import Serializer
@@ -217,6 +219,19 @@ def test_key_that_is_not_utf8_is_refused(make: t.Callable[..., SQLiteBackend]) -
 
 
 # -- expiry and the row bound ---------------------------------------------------------------
+
+
+def test_a_composition_refuses_a_key_sqlite_cannot_hold_before_writing_l1(
+    make: t.Callable[..., SQLiteBackend],
+) -> None:
+    cache = TieredCache(MemoryBackend(), make())
+    cache.set("good", "old")
+    with pytest.raises(InvalidKeyError):
+        cache.set("user:\ud800", "v")
+    with pytest.raises(InvalidKeyError):
+        cache.set_many({"good": "new", "user:\ud800": "v"})
+    assert cache.l1.get("user:\ud800") is None
+    assert cache.l1.get("good") == "old" and cache.l2.get("good") == "old"
 
 
 def test_expired_rows_are_purged_after_enough_writes(make: t.Callable[..., SQLiteBackend]) -> None:

@@ -753,15 +753,47 @@ def test_value_over_memcached_item_limit(
 
     with pytest.raises(ValueTooLargeError) as caught:
         cache.set("k", big, ttl=60)
-    assert caught.value.tier == "l2" and caught.value.backend == "memcached"
-    # The documented inconsistency of SequentialWrite: L1 keeps the new value.
-    assert l1.get("k") == big
-    assert cache.get("k") == big
-    # Memcached never saw the value, or dropped the old item when it refused the new one.
-    assert l2.get("k") == ("small" if max_value_size == 1024 * 1024 else None)
+    assert caught.value.backend == "memcached"
+    if max_value_size == 1024 * 1024:
+        # Refused before any layer was written: both keep the old value.
+        assert l1.get("k") == "small" and l2.get("k") == "small"
+        assert cache.get("k") == "small"
+    else:
+        # Only the server knew its limit. The documented inconsistency of SequentialWrite:
+        # L1 keeps the new value; memcached dropped the old item when it refused the new one.
+        assert caught.value.tier == "l2"
+        assert l1.get("k") == big and l2.get("k") is None
+        assert cache.get("k") == big
 
     cache.set("k", "fits", ttl=60)  # the connection is still usable
     assert l1.get("k") == "fits" and l2.get("k") == "fits"
+
+
+@pytest.mark.parametrize(
+    "write",
+    [SequentialWrite(), RaceWrite(), OptimisticParallelWrite()],
+    ids=["sequential", "race", "parallel"],
+)
+def test_a_value_memcached_refuses_writes_no_layer(
+    memcached_servers: list[tuple[str, int]], stack: contextlib.ExitStack, write: t.Any
+) -> None:
+    # The backend knows the item limit (max_value_size): the composition asks it before it
+    # writes any layer, so a refused set, or a batch holding one refused value, changes
+    # nothing anywhere, whatever the policy, even with an L1 too small for the value.
+    l1 = MemoryBackend(max_bytes=500_000)
+    l2 = MemcachedBackend(memcached_servers)
+    cache = compose(stack, l1, l2, write=write, fail_open=True)
+    cache.set_many({"k": "old", "good": "old-good"}, ttl=60)
+    big = b"x" * (1024 * 1024 + 1)
+    with pytest.raises(ValueTooLargeError):
+        cache.set("k", big, ttl=60)
+    with pytest.raises(ValueTooLargeError):
+        cache.set_many({"good": "new-good", "k": big}, ttl=60)
+    assert cache.drain(PATIENCE)
+    for key, old in (("k", "old"), ("good", "old-good")):
+        assert l1.get(key) == old and l2.get(key) == old
+        assert cache.get(key) == old
+    assert cache.stats()["replay_pending"] == 0
 
 
 def test_value_too_large_for_l1_lives_in_l2_only(

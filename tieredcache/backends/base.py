@@ -263,6 +263,16 @@ class Backend(FriendlyAPI):
         self._count_lookups(len(fresh), len(wanted) - len(fresh))
         return fresh
 
+    def admit(self, items: t.Mapping[str, Entry]) -> None:
+        """Raise what storing ``items`` would raise for the input alone (a key this store
+        cannot hold, a value larger than it takes), without storing anything. A composition
+        asks its L2 before it writes any layer, so that such a write leaves every layer as
+        it was. This default admits everything.
+
+        :raises InvalidKeyError: a key this store cannot hold.
+        :raises ValueTooLargeError: a value larger than this store takes.
+        """
+
     def set_entry(self, key: str, entry: Entry) -> None:
         """Store ``entry`` under ``key``; an already expired entry deletes the key instead.
 

@@ -6,17 +6,14 @@ Memcached
 ``pymemcache``: a pooled client for one server, a consistent-hashing client for several.
 
 Every value is stored as an :class:`~tieredcache.serializers.EntryCodec` envelope, so a hit
-knows its exact expiry, version and stale time. The server also expires the item itself,
-in whole seconds rounded up (never ``0`` for a positive TTL, which memcached would read as
-"never"), so an abandoned key does not outlive its entry by more than a second.
+knows its exact expiry, version and stale time. The server expires the item too, at most two
+seconds after its entry (whole seconds, rounded up, plus one; never "0", which is "never").
 
 Keys that memcached forbids (longer than 250 bytes, with whitespace or control characters,
 non-ASCII, or empty) are hashed instead of refused: they are stored under
 ``"tc:h:" + sha256(prefix + key)``. A legal key that happens to start with ``"tc:h:"`` is
-hashed too, so two keys never share a server key.
-
-Memcached cannot delete by prefix, so :meth:`MemcachedBackend.clear` empties the whole
-server (or servers), as Django's memcached backends do.
+hashed too, so two keys never share a server key. :meth:`MemcachedBackend.clear` empties
+the whole server (or servers), as Django's memcached backends do.
 """
 
 from __future__ import annotations
@@ -294,6 +291,11 @@ class MemcachedBackend(Backend):
         self._check_size(key, skey, len(data))
         return data
 
+    def admit(self, items: t.Mapping[str, Entry]) -> None:
+        """Refuse a value larger than ``max_value_size`` (its envelope is made once)."""
+        for key, entry in items.items():
+            self._encode(key, self.server_key(key), entry)
+
     def _check_size(self, key: str, skey: str, size: int) -> None:
         item = size + len(skey) + _ITEM_OVERHEAD
         if item > self.max_value_size:
@@ -464,9 +466,7 @@ class MemcachedBackend(Backend):
 
     def _clear(self) -> None:
         """Empty every server: memcached cannot delete by prefix."""
-        client = self.client
-        servers = list(getattr(client, "clients", {}).values()) or [client]
-        for server in servers:
+        for server in pooled_clients(self.client):
             flush_server(server)
 
     def _iter_keys(self, pattern: str) -> t.Iterator[str]:
@@ -477,8 +477,7 @@ class MemcachedBackend(Backend):
 
     def clear(self) -> None:
         """Remove every entry: this empties the whole memcached server(s), as Django's
-        memcached backends do, including keys of other prefixes and other applications.
-        """
+        memcached backends do, including keys of other prefixes and other applications."""
         super().clear()
 
     def _close(self) -> None:

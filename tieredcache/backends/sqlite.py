@@ -385,6 +385,14 @@ class SQLiteBackend(Backend):
 
     # -- errors and introspection -----------------------------------------------------------
 
+    def admit(self, items: t.Mapping[str, Entry]) -> None:
+        """Refuse a key that is not valid UTF-8 (SQLite stores keys as text)."""
+        for key in items:
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidKeyError(f"sqlite keys must be valid UTF-8: {exc}") from exc
+
     def _call(self, fn: t.Callable[..., T], *args: t.Any) -> T:
         try:
             return super()._call(fn, *args)

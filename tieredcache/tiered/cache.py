@@ -298,10 +298,10 @@ class TieredCache(CacheFeatures, Backend):
         serialize every value (before any layer is written)."""
         self._checks.serializable(values)
 
-    def check_entries(self, entries: t.Iterable[Entry]) -> None:
-        """:meth:`check_serializable` for the entries a write is about to store: L2's codec
-        encodes each once, and the L2 write reuses the envelope."""
-        self._checks.entries(entries)
+    def check_entries(self, items: t.Mapping[str, Entry]) -> None:
+        """:meth:`check_serializable` (L2's codec encodes each entry once), then L2's admit."""
+        self._checks.entries(items.values())
+        self.l2.admit(items)
 
     def cap(self, entry: Entry, now: float) -> Entry:
         """The entry as L1 keeps it: no longer than ``l1_ttl``."""
@@ -414,7 +414,7 @@ class TieredCache(CacheFeatures, Backend):
         now = self._now()
         version = next_version()
         entry = Entry(value, None if seconds is None else now + seconds, version, None, chosen)
-        self.check_entries((entry,))
+        self.check_entries({key: entry})
         self.write_entries({key: entry}, now, version)
 
     def set_entry(self, key: str, entry: Entry) -> None:
@@ -425,7 +425,7 @@ class TieredCache(CacheFeatures, Backend):
         now = self._now()
         live = {k: e for k, e in items.items() if e.expires_at is None or e.expires_at > now}
         if live:
-            self.check_entries(live.values())
+            self.check_entries(live)
             self.write_entries(live, now)
         if len(live) < len(items):
             self.delete_many([k for k in items if k not in live])

@@ -159,7 +159,7 @@ class Writer:
         now = self.cache.timer()
         if entry.expires_at is not None and entry.expires_at <= now:
             return False
-        self.cache.check_entries((entry,))
+        self.cache.check_entries({key: entry})
         keys = [key]
         gate = self.gate
         l1_entry = self.cache.cap(entry, now)
