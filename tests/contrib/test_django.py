@@ -334,6 +334,11 @@ def test_timeouts(cache: t.Any) -> None:
     cache.set("float", 1, 2.5)
     left = remaining(cache, "float")
     assert left is not None and 2.0 < left <= 2.5
+    # Beyond 100 years, as Django's other backends keep it: in effect, forever.
+    for timeout in (10**10, 10**400, float("inf")):
+        cache.set("far", timeout, timeout)
+        assert cache.get("far") == timeout and remaining(cache, "far") is None
+        assert cache.get_or_set("far-too", 1, timeout) == 1
     for timeout in (0, -1, -0.5):
         cache.set("gone", "old")
         cache.set("gone", "new", timeout)

@@ -246,6 +246,14 @@ class TestTimeouts:
         assert fcache.get("timedelta") is None
         assert fcache.has("brief") is False
 
+    def test_a_timeout_beyond_a_century_never_expires(self, fcache: flask_caching.Cache) -> None:
+        core = backend_of(fcache).cache
+        for timeout in (10**10, 10**400, dt.timedelta(days=365 * 1000)):
+            assert fcache.set("far", "v", timeout=timeout) is True
+            entry = core.get_entry("t:far")
+            assert entry is not None and entry.expires_at is None
+            assert fcache.get("far") == "v"
+
     def test_negative_timeout_stores_nothing(self, fcache: flask_caching.Cache) -> None:
         fcache.set("gone", "v")
         assert fcache.set("gone", "w", timeout=-1) is True

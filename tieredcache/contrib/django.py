@@ -45,6 +45,7 @@ from tieredcache import tiered
 from tieredcache.contrib.django_redis_api import DjangoRedisAPI
 from tieredcache.contrib.metrics import enable_metrics
 from tieredcache.contrib.metrics import split_metrics
+from tieredcache.entry import MAX_TTL
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import BackendError
 from tieredcache.errors import ConfigurationError
@@ -221,11 +222,15 @@ class TieredCache(DjangoRedisAPI, BaseCache):
     def get_backend_timeout(self, timeout: t.Any = DEFAULT_TIMEOUT) -> float | None:
         """The TTL in seconds for a Django ``timeout``: the one place timeouts are converted.
 
-        ``DEFAULT_TIMEOUT`` is the ``TIMEOUT`` setting; ``None`` is forever; ``0`` or less
-        is ``0.0``, which stores nothing and deletes any value.
+        ``DEFAULT_TIMEOUT`` is the ``TIMEOUT`` setting; ``None``, or more than 100 years
+        (:data:`~tieredcache.entry.MAX_TTL`), is forever; ``0`` or less is ``0.0``, which
+        stores nothing and deletes any value.
         """
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
+        number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+        if number and timeout > MAX_TTL:
+            return None  # as Django's other backends store it: in effect, forever
         ttl = validate_ttl(timeout, name="timeout")
         if ttl is not None and ttl <= 0:
             return 0.0

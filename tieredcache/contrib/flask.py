@@ -31,6 +31,7 @@ import typing as t
 from tieredcache.config import shared_cache
 from tieredcache.contrib.metrics import enable_metrics
 from tieredcache.contrib.metrics import split_metrics
+from tieredcache.entry import MAX_TTL
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import BackendError
 from tieredcache.errors import ConfigurationError
@@ -86,7 +87,7 @@ def _seconds(timeout: t.Any, name: str) -> float:
             f"{name} must be a number of seconds or a datetime.timedelta, "
             f"not {type(timeout).__name__}"
         )
-    return float(timeout)
+    return float(min(timeout, MAX_TTL + 1))  # an int beyond any float is just "too long"
 
 
 class TieredCache(_CacheBase):
@@ -258,9 +259,10 @@ class TieredCache(_CacheBase):
     def _ttl(self, timeout: _Timeout) -> float | None:
         """A cachelib timeout as a core TTL: ``None`` forever, ``<= 0`` do not store."""
         seconds = _seconds(self.default_timeout if timeout is None else timeout, "timeout")
-        # cachelib's 0 is "never expire"; a negative timeout keeps the core's meaning,
-        # "store nothing".
-        return None if seconds == 0 else seconds
+        # cachelib's 0 is "never expire", as is anything beyond 100 years (MAX_TTL), which
+        # cachelib's stores keep in effect forever; a negative timeout keeps the core's
+        # meaning, "store nothing".
+        return None if seconds == 0 or seconds > MAX_TTL else seconds
 
     def _codec(self) -> t.Any:
         """The serializer to encode with, or ``None`` for tieredcache's own pickling."""
