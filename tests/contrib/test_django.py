@@ -290,6 +290,21 @@ def test_incr_and_decr_version(cache: t.Any) -> None:
         cache.incr_version("missing")
 
 
+def test_a_new_version_keeps_the_expiry(cache: t.Any) -> None:
+    # As django-redis: the value keeps its remaining time (Django's generic incr_version
+    # would give it the default timeout).
+    cache.set("forever", "v", None)
+    cache.set("soon", "v", 1000)
+    for key in ("forever", "soon"):
+        assert cache.incr_version(key) == 2
+    found = cache.tiered.get_entry(cache.make_key("forever", version=2))
+    assert found is not None and found.expires_at is None
+    found = cache.tiered.get_entry(cache.make_key("soon", version=2))
+    assert found is not None and 990 < found.expires_at - time.time() <= 1000
+    assert cache.decr_version("soon", version=2) == 1
+    assert cache.get("soon") == "v" and 990 < remaining(cache, "soon") <= 1000  # type: ignore[operator]
+
+
 def test_values_are_never_aliased(cache: t.Any) -> None:
     value = [1, 2, {"x": 1}]
     cache.set("k", value)

@@ -46,6 +46,8 @@ from tieredcache.contrib.django_redis_api import DjangoRedisAPI
 from tieredcache.contrib.metrics import enable_metrics
 from tieredcache.contrib.metrics import split_metrics
 from tieredcache.entry import MAX_TTL
+from tieredcache.entry import Entry
+from tieredcache.entry import next_version
 from tieredcache.entry import validate_ttl
 from tieredcache.errors import BackendError
 from tieredcache.errors import ConfigurationError
@@ -345,6 +347,26 @@ class TieredCache(DjangoRedisAPI, BaseCache):
         return self.incr(key, -delta, version)
 
     @_omit_exception()
+    def incr_version(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
+        """Move the value to version ``version + delta``, with the expiry it had (as
+        django-redis keeps it; Django's generic method gives it the default timeout).
+
+        :raises ValueError: the key holds no value.
+        """
+        if version is None:
+            version = self.version
+        old = self.make_and_validate_key(key, version=version)
+        new = self.make_and_validate_key(key, version=version + delta)
+        entry = self._tiered.get_entry(old)
+        if entry is None:
+            raise ValueError(f"Key '{key}' not found")
+        moved = Entry(entry.value, entry.expires_at, next_version(), entry.stale_at, entry.tags)
+        with _pickling():
+            self._tiered.set_entry(new, moved)
+        self._tiered.delete(old)
+        return version + delta
+
+    @_omit_exception()
     def get_or_set(
         self,
         key: t.Any,
@@ -474,7 +496,7 @@ class TieredCache(DjangoRedisAPI, BaseCache):
 
     async def aincr_version(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
         run = sync_to_async(self.incr_version, thread_sensitive=True)
-        return t.cast(int, await run(key, delta, version))
+        return await run(key, delta, version)
 
     async def adecr_version(self, key: t.Any, delta: int = 1, version: int | None = None) -> int:
         run = sync_to_async(self.decr_version, thread_sensitive=True)
