@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import typing as t
+import urllib.parse
 
 import cachelib
 import flask
@@ -464,6 +465,28 @@ def test_cache_redis_url_is_the_fallback_location(redis_url: str) -> None:
         cache.set("k", "v")
     with redis.Redis.from_url(redis_url) as client:
         assert client.exists(b"u:k")
+
+
+def test_cache_redis_host_port_and_db_name_the_redis(redis_url: str) -> None:
+    # Flask-Caching's RedisCache keys, without CACHE_REDIS_URL: the same Redis, database 3.
+    parsed = urllib.parse.urlsplit(redis_url)
+    app = make_app()
+    config = {
+        "CACHE_TYPE": BACKEND,
+        "CACHE_REDIS_HOST": parsed.hostname,
+        "CACHE_REDIS_PORT": parsed.port,
+        "CACHE_REDIS_DB": 3,
+        "CACHE_KEY_PREFIX": "h:",
+    }
+    cache = flask_caching.Cache(app, config=config)
+    with app.app_context():
+        assert isinstance(backend_of(cache).cache.l2, RedisBackend)
+        cache.set("k", "v")
+    with redis.Redis(host=parsed.hostname, port=parsed.port, db=3) as client:
+        try:
+            assert client.exists(b"h:k")
+        finally:
+            client.flushdb()
 
 
 def test_tieredcache_location_wins_over_cache_redis_url(

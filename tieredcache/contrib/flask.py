@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import typing as t
+import urllib.parse
 
 from tieredcache.config import shared_cache
 from tieredcache.contrib.metrics import enable_metrics
@@ -88,6 +89,20 @@ def _seconds(timeout: t.Any, name: str) -> float:
             f"not {type(timeout).__name__}"
         )
     return float(min(timeout, MAX_TTL + 1))  # an int beyond any float is just "too long"
+
+
+def _redis_url_of(config: t.Mapping[str, t.Any]) -> str | None:
+    """The Redis URL of Flask-Caching's ``CACHE_REDIS_HOST``/``PORT``/``DB``/``PASSWORD``
+    keys, or ``None`` when none is set (the host defaults to localhost, as there)."""
+    names = ("CACHE_REDIS_HOST", "CACHE_REDIS_PORT", "CACHE_REDIS_DB", "CACHE_REDIS_PASSWORD")
+    if all(config.get(name) is None for name in names):
+        return None
+    host = str(config.get("CACHE_REDIS_HOST") or "localhost")
+    password = config.get("CACHE_REDIS_PASSWORD")
+    auth = "" if password is None else ":" + urllib.parse.quote(str(password), safe="") + "@"
+    netloc = f"[{host}]" if ":" in host else host
+    port, db = config.get("CACHE_REDIS_PORT") or 6379, config.get("CACHE_REDIS_DB") or 0
+    return f"redis://{auth}{netloc}:{port}/{db}"
 
 
 class TieredCache(_CacheBase):
@@ -198,8 +213,10 @@ class TieredCache(_CacheBase):
 
         Config keys read:
 
-        - ``CACHE_TIEREDCACHE_LOCATION``, else ``CACHE_REDIS_URL``, else the embedded
-          default;
+        - ``CACHE_TIEREDCACHE_LOCATION``, else ``CACHE_REDIS_URL``, else the Redis that
+          ``CACHE_REDIS_HOST``, ``CACHE_REDIS_PORT``, ``CACHE_REDIS_DB`` and
+          ``CACHE_REDIS_PASSWORD`` name (as for Flask-Caching's RedisCache), else the
+          embedded default;
         - ``CACHE_DEFAULT_TIMEOUT`` (cachelib semantics), ``CACHE_KEY_PREFIX``,
           ``CACHE_IGNORE_ERRORS`` (``ignore_delete_many_errors``);
         - ``CACHE_OPTIONS``: a dict of tieredcache options (Flask-Caching also merges it
@@ -222,7 +239,9 @@ class TieredCache(_CacheBase):
         options: dict[str, t.Any] = dict(extra or {})
         options.update(kwargs)
         named: dict[str, t.Any] = {
-            "location": config.get("CACHE_TIEREDCACHE_LOCATION") or config.get("CACHE_REDIS_URL"),
+            "location": config.get("CACHE_TIEREDCACHE_LOCATION")
+            or config.get("CACHE_REDIS_URL")
+            or _redis_url_of(config),
             "default_timeout": options.pop(
                 "default_timeout", config.get("CACHE_DEFAULT_TIMEOUT", 300)
             ),
