@@ -432,6 +432,27 @@ def test_killed_server_is_unavailable_then_recovers(
     assert backend.get("k") == "again"
 
 
+def test_a_restart_costs_no_call_the_pools_dropped_connections(
+    make: t.Callable[..., MemcachedBackend], fresh_memcached_server: MemcachedServer
+) -> None:
+    # The pool holds eight idle connections when the server restarts: each is dropped, and
+    # a call that takes one makes its command again on another, then on a new connection.
+    backend = make(fresh_memcached_server.address)
+    pool = backend.client.client_pool
+    held = [pool.get() for _ in range(8)]
+    for connection in held:
+        connection.version()
+    for connection in held:
+        pool.release(connection)
+    fresh_memcached_server.kill()
+    fresh_memcached_server.start()
+    for i in range(8):
+        assert backend.get(f"k{i}") is None  # a new memcached starts empty
+    backend.set("k", "again")
+    assert backend.get("k") == "again"
+    assert backend.stats()["errors"] == 0
+
+
 def test_paused_server_times_out(
     make: t.Callable[..., MemcachedBackend], fresh_memcached_server: MemcachedServer
 ) -> None:

@@ -22,7 +22,6 @@ import hashlib
 import math
 import os
 import re
-import socket
 import threading
 import time
 import typing as t
@@ -34,7 +33,6 @@ from tieredcache.entry import Timer
 from tieredcache.entry import next_version
 from tieredcache.errors import BackendError
 from tieredcache.errors import BackendResponseError
-from tieredcache.errors import BackendTimeoutError
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import ConfigurationError
 from tieredcache.errors import UnsupportedOperationError
@@ -45,16 +43,19 @@ from tieredcache.serializers import Serializer
 try:
     from pymemcache.client.base import PooledClient
     from pymemcache.client.hash import HashClient
-    from pymemcache.exceptions import MemcacheClientError
-    from pymemcache.exceptions import MemcacheError
     from pymemcache.exceptions import MemcacheServerError
-    from pymemcache.exceptions import MemcacheUnexpectedCloseError
-    from pymemcache.exceptions import MemcacheUnknownError
 except ImportError as exc:  # pragma: no cover - pymemcache is a dependency of tieredcache
     raise ConfigurationError(
         "MemcachedBackend needs the pymemcache package: pip install pymemcache"
     ) from exc
 
+from tieredcache.backends.memcached_errors import DRIVER_ERRORS
+from tieredcache.backends.memcached_errors import DROPPED
+from tieredcache.backends.memcached_errors import POOL_EXHAUSTED
+from tieredcache.backends.memcached_errors import failed_server
+from tieredcache.backends.memcached_errors import is_too_large
+from tieredcache.backends.memcached_errors import tag_server
+from tieredcache.backends.memcached_errors import translate
 from tieredcache.backends.memcached_servers import Server
 from tieredcache.backends.memcached_servers import ServersSpec
 from tieredcache.backends.memcached_servers import flush_server
@@ -73,15 +74,13 @@ _HASHED = "tc:h:"
 _LEGAL_KEY = re.compile(r"[\x21-\x7e]{1,250}")
 #: Expiry values above this many seconds (30 days) are unix times to memcached.
 _RELATIVE_LIMIT = 30 * 86400
+#: How many dropped connections a call replaces when the pool has no size bound.
+_MOST_DROPPED = 64
 #: memcached parses the expiry as a signed 32-bit integer.
 _MAX_EXPTIME = 2**31 - 1
 #: Bytes an item takes on the server beyond its key and value (item header, CAS, CRLF);
 #: measured as 59 on memcached 1.6, rounded up.
 _ITEM_OVERHEAD = 64
-#: The message of pymemcache's pool when ``max_pool_size`` connections are all in use.
-_POOL_EXHAUSTED = "Too many objects"
-#: The attribute that names, on a driver error, the server of a hashed client that raised it.
-_FAILED_SERVER = "_tieredcache_server"
 
 
 class _StrictHashClient(HashClient):
@@ -109,7 +108,7 @@ class _StrictHashClient(HashClient):
         try:
             return func(*args, **kwargs)
         except Exception as exc:
-            _tag_server(exc, client.server)
+            tag_server(exc, client.server)
             raise
 
     def _safely_run_set_many(
@@ -118,7 +117,7 @@ class _StrictHashClient(HashClient):
         try:
             return client.set_many(values, *args, **kwargs)
         except Exception as exc:
-            _tag_server(exc, client.server)
+            tag_server(exc, client.server)
             raise
 
 
@@ -157,7 +156,7 @@ class MemcachedBackend(Backend):
     """
 
     name = "memcached"
-    _driver_errors = (MemcacheError, socket.timeout, OSError)
+    _driver_errors = DRIVER_ERRORS
 
     def __init__(
         self,
@@ -354,7 +353,7 @@ class MemcachedBackend(Backend):
         try:
             stored = self.client.set(skey, data, expire=expire, noreply=False)
         except MemcacheServerError as exc:
-            if _is_too_large(exc):
+            if is_too_large(exc):
                 raise self._too_large(f"the value for {_shorten(key)}", len(data)) from exc
             raise
         if not stored:
@@ -378,7 +377,7 @@ class MemcachedBackend(Backend):
             try:
                 failed += client.set_many(values, expire=expire, noreply=False)
             except MemcacheServerError as exc:
-                if _is_too_large(exc):
+                if is_too_large(exc):
                     size = max(len(data) for data in values.values())
                     raise self._too_large("a value of the batch", size) from exc
                 raise
@@ -399,7 +398,7 @@ class MemcachedBackend(Backend):
                 if client.add(skey, data, expire=expire, noreply=False):
                     return True
             except MemcacheServerError as exc:
-                if _is_too_large(exc):
+                if is_too_large(exc):
                     raise self._too_large(f"the value for {_shorten(key)}", len(data)) from exc
                 raise
             # The server keeps an item up to a second past its envelope, and the timer may be
@@ -486,12 +485,23 @@ class MemcachedBackend(Backend):
             self.client.close()
 
     def _call(self, fn: t.Callable[..., T], *args: t.Any) -> T:
+        # A connection the server dropped (a restart) fails at once: the call is made again
+        # on another, as many times as the pool may hold such idle connections.
+        for _ in range(self.max_pool_size or _MOST_DROPPED):
+            try:
+                return self._call_once(fn, *args)
+            except BackendUnavailableError as exc:
+                if not isinstance(exc.__cause__, DROPPED):
+                    raise
+        return self._call_once(fn, *args)
+
+    def _call_once(self, fn: t.Callable[..., T], *args: t.Any) -> T:
         try:
             return super()._call(fn, *args)
         except RuntimeError as exc:
             # pymemcache's pool raises a bare RuntimeError when every connection is in use;
             # anything else is not a driver error and passes through.
-            if not str(exc).startswith(_POOL_EXHAUSTED):
+            if not str(exc).startswith(POOL_EXHAUSTED):
                 raise
             raise BackendUnavailableError(
                 f"every connection of the pool is in use (max_pool_size={self.max_pool_size})",
@@ -499,38 +509,10 @@ class MemcachedBackend(Backend):
             ) from exc
 
     def _translate(self, exc: BaseException) -> BackendError:
-        where = self._where(exc)
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            return BackendTimeoutError(
-                f"no answer from {where} within the timeout: {_describe(exc)}", backend=self.name
-            )
-        if isinstance(exc, MemcacheUnexpectedCloseError):
-            return BackendUnavailableError(
-                f"{where} closed the connection unexpectedly", backend=self.name
-            )
-        if isinstance(exc, OSError):
-            return BackendUnavailableError(
-                f"cannot reach {where}: {_describe(exc)}", backend=self.name
-            )
-        if isinstance(exc, MemcacheServerError):
-            if _is_too_large(exc):
-                return ValueTooLargeError(
-                    f"{where} refused a value as too large: {_describe(exc)}", backend=self.name
-                )
-            return BackendResponseError(f"server error: {_describe(exc)}", backend=self.name)
-        if isinstance(exc, MemcacheClientError):
-            return BackendResponseError(f"client error: {_describe(exc)}", backend=self.name)
-        if isinstance(exc, MemcacheUnknownError):
-            # A reply that is not memcached's protocol: the connection (or the server at
-            # that address) cannot be used, whatever the key.
-            return BackendUnavailableError(
-                f"{where} answered outside the memcached protocol: {_describe(exc)}",
-                backend=self.name,
-            )
-        return BackendError(_describe(exc), backend=self.name)
+        return translate(exc, self._where(exc), self.name)
 
     def _where(self, exc: BaseException) -> str:
-        server = getattr(exc, _FAILED_SERVER, None)
+        server = failed_server(exc)
         if server is not None:
             return format_server(server)
         return ", ".join(format_server(s) for s in self.servers) or "memcached"
@@ -557,24 +539,6 @@ class MemcachedBackend(Backend):
 
 def _is_int_above(value: t.Any, floor: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > floor
-
-
-def _is_too_large(exc: BaseException) -> bool:
-    return "too large" in str(exc)
-
-
-def _tag_server(exc: BaseException, server: t.Any) -> None:
-    try:
-        setattr(exc, _FAILED_SERVER, server)
-    except (AttributeError, TypeError):  # pragma: no cover - an exception with __slots__
-        pass
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, MemcacheError) and text.startswith("b'"):
-        text = text[2:-1]  # pymemcache passes the server's bytes to the exception
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _shorten(key: str, limit: int = 60) -> str:
