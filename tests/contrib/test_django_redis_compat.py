@@ -138,7 +138,12 @@ def test_ignore_exceptions_answers_defaults_and_logs(caplog: pytest.LogCaptureFi
             assert cache.get("k", "fallback") == "fallback"
             assert cache.get_many(["a"]) == {}
             assert cache.set("k", "v") is None
+            # As django-redis: the default is the answer, its callable called once.
+            calls: list[int] = []
+            assert cache.get_or_set("g1", 3) == 3
+            assert cache.get_or_set("g2", lambda: calls.append(1) or 4) == 4 and calls == [1]
         assert any("get failed" in r.getMessage() for r in caplog.records)
+        assert any("get_or_set failed" in r.getMessage() for r in caplog.records)
     release_shared_caches()
     with override_settings(
         CACHES={"default": entry(unreachable, OPTIONS={"SOCKET_CONNECT_TIMEOUT": 0.5})},

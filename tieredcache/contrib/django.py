@@ -380,12 +380,23 @@ class TieredCache(DjangoRedisAPI, BaseCache):
         """
         made = self.make_and_validate_key(key, version=version)
         ttl = self.get_backend_timeout(timeout)
+        loaded: list[t.Any] = []
 
         def loader() -> t.Any:
-            return default() if callable(default) else default
+            loaded.append(default() if callable(default) else default)
+            return loaded[-1]
 
         with _pickling():
-            return self._tiered.get_or_set(made, loader, ttl)
+            try:
+                return self._tiered.get_or_set(made, loader, ttl)
+            except BackendError as exc:
+                if not self._ignore_exceptions:
+                    raise
+                if self._log_ignored is not None:
+                    self._log_ignored.exception("tieredcache: get_or_set failed: %s", exc)
+                # As django-redis: the store failed, the default is still the answer (made
+                # now if the failure came before the loader ran).
+                return loaded[-1] if loaded else loader()
 
     # -- many keys --------------------------------------------------------------------
 
