@@ -193,6 +193,10 @@ class TestCachelibContract:
         assert backend.dec("down", 3) == -4
         assert backend.inc("down", 10) == 6
         assert fcache.get("down") == 6
+        # Created without expiry, as by RedisCache's INCRBY; kept by later increments.
+        for name in ("t:hits", "t:down"):
+            entry = backend.cache.get_entry(name)
+            assert entry is not None and entry.expires_at is None
 
     def test_inc_on_a_non_integer_raises_type_error(self, fcache: flask_caching.Cache) -> None:
         fcache.set("text", "abc")

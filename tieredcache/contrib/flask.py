@@ -442,8 +442,9 @@ class TieredCache(_CacheBase):
     def inc(self, key: str, delta: int = 1) -> int | None:
         """Add ``delta`` to the integer under ``key`` and return the new value.
 
-        As in cachelib, a missing key is taken as 0: it is set to ``delta`` with the default
-        timeout. An existing value keeps its expiry. ``None`` when the store fails.
+        A missing key is taken as 0: it is set to ``delta`` with no expiry, as by cachelib's
+        ``RedisCache`` (``INCRBY``). An existing value keeps its expiry. ``None`` when the
+        store fails.
 
         :raises TypeError: the stored value is not an integer.
         """
@@ -454,7 +455,7 @@ class TieredCache(_CacheBase):
                     return self.cache.incr(name, delta)
                 except KeyError:
                     # Missing: create it, unless another caller did so meanwhile.
-                    if self.cache.add(name, delta, self._ttl(None)):
+                    if self.cache.add(name, delta, None):
                         return delta
             return self.cache.incr(name, delta)
         except BackendError as exc:
