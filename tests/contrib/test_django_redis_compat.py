@@ -248,6 +248,27 @@ def test_lock(cache: t.Any) -> None:
         pass
 
 
+def test_ttl_expire_and_persist_of_structures_and_locks(cache: t.Any) -> None:
+    # As in django-redis: a set, a sorted set, a hash or a lock has its own TTL in Redis.
+    cache.sadd("online", 1)
+    cache.zadd("board", {"a": 1})
+    cache.hset("h", "f", 1)
+    lock = cache.lock("job", timeout=30)
+    assert lock.acquire()
+    try:
+        assert cache.ttl("online") is None and cache.ttl("board") is None
+        assert cache.expire("online", 60) is True and cache.ttl("online") == 60
+        assert cache.pexpire("board", 5000) is True and 0 < cache.pttl("board") <= 5000
+        assert cache.ttl("job") == 30
+        assert cache.expire("job", 60) is True and 59_000 < cache.pttl("job") <= 60_000
+        assert cache.persist("online") is True and cache.ttl("online") is None
+        assert cache.persist("h") is True  # it holds a value, which has no expiry
+        assert cache.expire("h", 0) is True and cache.hlen("h") == 0  # 0 deletes it
+        assert cache.expire("nothing", 60) is False and cache.ttl("nothing") == 0
+    finally:
+        lock.release()
+
+
 def test_hash_commands_stay_in_l2(cache: t.Any) -> None:
     assert cache.hset("h", "a", 1) == 1
     assert cache.hset("h", mapping={"b": [2], "c": "3"}) == 2

@@ -29,6 +29,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from tieredcache import patterns
 from tieredcache.contrib.django_redis_sorted_sets import SortedSetCommands
 from tieredcache.errors import BackendError
+from tieredcache.errors import BackendResponseError
 from tieredcache.errors import BackendTimeoutError
 from tieredcache.errors import BackendUnavailableError
 from tieredcache.errors import UnsupportedOperationError
@@ -64,10 +65,21 @@ class DjangoRedisAPI(SortedSetCommands):
             layer = layer.l2
         entry = layer.get_entry(made)
         if entry is None:
-            return -1.0
+            return self._structure_remaining(key, version)
         if entry.expires_at is None:
             return None
         return max(float(entry.expires_at) - self._tiered.timer(), 0.0)
+
+    def _structure_remaining(self, key: t.Any, version: int | None) -> float | None:
+        """:meth:`_remaining` of a key that holds no entry, from Redis itself: a hash, a
+        set, a sorted set or a lock has its own TTL there."""
+        redis = self._redis_l2()
+        if redis is None:
+            return -1.0
+        ms = int(redis.client.pttl(self._rkey(key, version)))
+        if ms == -2:  # no such key
+            return -1.0
+        return None if ms == -1 else ms / 1000.0
 
     def ttl(self, key: t.Any, version: int | None = None) -> int | None:
         """Seconds until ``key`` expires (rounded); ``None`` if it never does; ``0`` if it
@@ -86,7 +98,23 @@ class DjangoRedisAPI(SortedSetCommands):
 
     def _expire_at(self, key: t.Any, expires_at: float | None, version: int | None) -> bool:
         made = self.make_and_validate_key(key, version=version)
-        return bool(self._tiered.touch_entry(made, expires_at))
+        try:
+            if self._tiered.touch_entry(made, expires_at):
+                return True
+        except BackendResponseError:  # WRONGTYPE: a Redis hash, set or sorted set
+            pass
+        # No entry: a Redis structure or a lock under the key has its own TTL, as in
+        # django-redis.
+        redis = self._redis_l2()
+        if redis is None:
+            return False
+        client, rkey = redis.client, self._rkey(key, version)
+        if expires_at is None:
+            return bool(client.persist(rkey)) or bool(client.exists(rkey))
+        ms = math.ceil((expires_at - self._tiered.timer()) * 1000)
+        if ms <= 0:
+            return bool(client.delete(rkey))
+        return bool(client.pexpire(rkey, ms))
 
     def expire(self, key: t.Any, timeout: t.Any, version: int | None = None) -> bool:
         """Let ``key`` expire in ``timeout`` seconds (``0`` or less deletes it); False if it
@@ -205,6 +233,13 @@ class DjangoRedisAPI(SortedSetCommands):
                 "is not Redis"
             )
         return layer
+
+    def _redis_l2(self) -> t.Any:
+        """The Redis L2, or ``None`` when L2 is another store."""
+        try:
+            return self._redis()
+        except UnsupportedOperationError:
+            return None
 
     def _rkey(self, key: t.Any, version: int | None = None) -> bytes:
         made = self.make_and_validate_key(key, version=version)
