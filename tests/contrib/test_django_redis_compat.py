@@ -257,10 +257,10 @@ def test_ttl_expire_and_persist_of_structures_and_locks(cache: t.Any) -> None:
     assert lock.acquire()
     try:
         assert cache.ttl("online") is None and cache.ttl("board") is None
-        assert cache.expire("online", 60) is True and cache.ttl("online") == 60
+        assert cache.expire("online", 60) is True and 50 < cache.ttl("online") <= 60
         assert cache.pexpire("board", 5000) is True and 0 < cache.pttl("board") <= 5000
-        assert cache.ttl("job") == 30
-        assert cache.expire("job", 60) is True and 59_000 < cache.pttl("job") <= 60_000
+        assert 20 < cache.ttl("job") <= 30
+        assert cache.expire("job", 60) is True and 50_000 < cache.pttl("job") <= 60_000
         assert cache.persist("online") is True and cache.ttl("online") is None
         assert cache.persist("h") is True  # it holds a value, which has no expiry
         assert cache.expire("h", 0) is True and cache.hlen("h") == 0  # 0 deletes it
