@@ -93,10 +93,7 @@ def _omit_exception(return_value: t.Any = None) -> t.Callable[[F], F]:
             try:
                 return method(self, *args, **kwargs)
             except BackendError as exc:
-                if not self._ignore_exceptions:
-                    raise
-                if self._log_ignored is not None:
-                    self._log_ignored.exception("tieredcache: %s failed: %s", method.__name__, exc)
+                self._ignore(method.__name__, exc)
                 value = return_value
                 if method.__name__ == "get":
                     value = kwargs.get("default", args[1] if len(args) > 1 else None)
@@ -215,6 +212,13 @@ class TieredCache(DjangoRedisAPI, BaseCache):
                 self.validate_key(made)
             return made
         return super().make_and_validate_key(key, version=version)
+
+    def _ignore(self, operation: str, exc: BackendError) -> None:
+        """Re-raise ``exc`` unless ``IGNORE_EXCEPTIONS`` is set; log it if asked to."""
+        if not self._ignore_exceptions:
+            raise exc
+        if self._log_ignored is not None:
+            self._log_ignored.exception("tieredcache: %s failed: %s", operation, exc)
 
     @property
     def tiered(self) -> tiered.TieredCache:
@@ -390,10 +394,7 @@ class TieredCache(DjangoRedisAPI, BaseCache):
             try:
                 return self._tiered.get_or_set(made, loader, ttl)
             except BackendError as exc:
-                if not self._ignore_exceptions:
-                    raise
-                if self._log_ignored is not None:
-                    self._log_ignored.exception("tieredcache: get_or_set failed: %s", exc)
+                self._ignore("get_or_set", exc)
                 # As django-redis: the store failed, the default is still the answer (made
                 # now if the failure came before the loader ran).
                 return loaded[-1] if loaded else loader()
