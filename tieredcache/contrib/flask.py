@@ -88,7 +88,8 @@ def _seconds(timeout: t.Any, name: str) -> float:
             f"{name} must be a number of seconds or a datetime.timedelta, "
             f"not {type(timeout).__name__}"
         )
-    return float(min(timeout, MAX_TTL + 1))  # an int beyond any float is just "too long"
+    # An int beyond any float is just "too long" (or, negative, "store nothing").
+    return float(max(min(timeout, MAX_TTL + 1), -MAX_TTL - 1))
 
 
 def _redis_url_of(config: t.Mapping[str, t.Any]) -> str | None:
