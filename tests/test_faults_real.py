@@ -8,7 +8,6 @@ fixtures), so they can be paused, resumed and killed.
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 import textwrap
@@ -34,6 +33,7 @@ from tieredcache.policies.write import LoserPolicy
 from tieredcache.redis.backplane import RedisBackplane
 from tieredcache.testing.clock import wait_until
 from tieredcache.testing.faults import FaultyBackend
+from tieredcache.testing.fork import report_from_child
 
 PATIENCE = 10.0
 TIMEOUT = 0.25  # the L2's socket timeout in the outage tests
@@ -71,39 +71,24 @@ def test_a_cache_used_before_fork_works_in_the_child(redis_url: str, policy: str
         cache.set(f"{prefix}:parent{i}", i)
     assert cache.get(f"{prefix}:parent3") == 3
     assert cache.drain(PATIENCE)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        status = b"?"
-        try:
-            os.close(read)
-            for i in range(20):
-                cache.set(f"{prefix}:child{i}", i)
-            drained = cache.drain(PATIENCE)
-            landed = RedisBackend.from_url(redis_url).get_many(
-                [f"{prefix}:child{i}" for i in range(20)]
-            )
-            expected = 20 if policy != "race-drop" else len(landed)
-            ok = drained and len(landed) == expected and cache.get(f"{prefix}:child7") == 7
-            cache.l1.clear()  # the reads go to L2 through the read policy
-            read_back = cache.get_many([f"{prefix}:parent{i}" for i in range(20)])
-            ok = ok and (policy == "race-drop" or len(read_back) == 20)
-            status = b"ok" if ok else f"drained={drained} landed={len(landed)}".encode()
-        except BaseException as exc:  # report anything, never hang the parent
-            status = repr(exc).encode()
-        finally:
-            os.write(write, status)
-            os._exit(0)
-    os.close(write)
+
+    def child() -> bytes:
+        for i in range(20):
+            cache.set(f"{prefix}:child{i}", i)
+        drained = cache.drain(PATIENCE)
+        landed = RedisBackend.from_url(redis_url).get_many(
+            [f"{prefix}:child{i}" for i in range(20)]
+        )
+        expected = 20 if policy != "race-drop" else len(landed)
+        ok = drained and len(landed) == expected and cache.get(f"{prefix}:child7") == 7
+        cache.l1.clear()  # the reads go to L2 through the read policy
+        read_back = cache.get_many([f"{prefix}:parent{i}" for i in range(20)])
+        ok = ok and (policy == "race-drop" or len(read_back) == 20)
+        return b"ok" if ok else f"drained={drained} landed={len(landed)}".encode()
+
     try:
-        ready, _, _ = select.select([read], [], [], PATIENCE * 2)
-        assert ready, "the child hung"
-        assert os.read(read, 4096) == b"ok"
+        assert report_from_child(child, PATIENCE * 2) == b"ok"
     finally:
-        os.close(read)
-        if not os.waitpid(pid, os.WNOHANG)[0]:  # not reaped yet: still running
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
         cache.close()
     if policy != "race-drop":  # DROP may leave L2 unwritten, by design
         raw = RedisBackend.from_url(redis_url)

@@ -21,8 +21,6 @@ orders. It checks, after every step:
 
 from __future__ import annotations
 
-import os
-import select
 import typing as t
 
 import hypothesis.strategies as st
@@ -42,6 +40,7 @@ from tieredcache.offload import InlineOffload
 from tieredcache.testing.backplane import LocalBackplaneHub
 from tieredcache.testing.clock import FakeClock
 from tieredcache.testing.faults import FaultyBackend
+from tieredcache.testing.fork import report_from_child
 
 KEYS = st.sampled_from("abc")
 PROCS = st.sampled_from([0, 1])
@@ -216,33 +215,18 @@ class FaultMachine(RuleBasedStateMachine):
     def fork(self, proc: int, key: str) -> None:
         """A forked child can write and read through the inherited cache at once."""
         cache = self.caches[proc]
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - reports through the pipe
-            status = b"?"
-            try:
-                os.close(read)
-                self.l2s[proc].recover()
-                cache.set(key, -1)
-                ok = cache.get(key) == -1 and cache.drain(10)
-                for other in "abc":
-                    value = cache.get(other)
-                    if value not in (None, -1) and self.expiry[value] is not None:
-                        ok = ok and self.expiry[value] > self.clock()
-                status = b"ok" if ok else b"bad"
-            except BaseException as exc:
-                status = repr(exc).encode()
-            finally:
-                os.write(write, status)
-                os._exit(0)
-        os.close(write)
-        try:
-            ready, _, _ = select.select([read], [], [], 20)
-            assert ready, "the forked child hung"
-            assert os.read(read, 4096) == b"ok"
-        finally:
-            os.close(read)
-            os.waitpid(pid, 0)
+
+        def child() -> bytes:
+            self.l2s[proc].recover()
+            cache.set(key, -1)
+            ok = cache.get(key) == -1 and cache.drain(10)
+            for other in "abc":
+                value = cache.get(other)
+                if value not in (None, -1) and self.expiry[value] is not None:
+                    ok = ok and self.expiry[value] > self.clock()
+            return b"ok" if ok else b"bad"
+
+        assert report_from_child(child, 20) == b"ok"
 
     # -- checks ---------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ answers everything else (misses, expiry, tags, bad keys) exactly as the ordinary
 from __future__ import annotations
 
 import os
-import select
 import threading
 import typing as t
 
@@ -18,6 +17,7 @@ from tieredcache import MemoryBackend
 from tieredcache import TieredCache
 from tieredcache.entry import Entry
 from tieredcache.testing.clock import FakeClock
+from tieredcache.testing.fork import report_from_child
 
 PATIENCE = 10.0
 
@@ -254,29 +254,16 @@ def test_a_fork_during_another_threads_replay_keeps_recency_in_the_child(
     reader.start()
     try:
         assert replaying.wait(PATIENCE)
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through the pipe
-            status = b"?"
-            try:
-                order.replay = replay  # the child's replays are not held
-                assert cache.get("x") == "x"  # x is now more recent than y
-                for _ in range(256):
-                    assert cache.get("z") == "z"
-                cache.set("w", "w")  # evicts the least recently used: y
-                status = repr(sorted(l1.iter_keys())).encode()
-            except BaseException as exc:
-                status = repr(exc).encode()
-            finally:
-                os.write(write, status)
-                os._exit(0)
-        os.close(write)
-        try:
-            assert select.select([read], [], [], PATIENCE)[0], "the child hung"
-            assert os.read(read, 1000) == repr(["w", "x", "z"]).encode()
-        finally:
-            os.close(read)
-            os.waitpid(pid, 0)
+
+        def child() -> bytes:
+            order.replay = replay  # the child's replays are not held
+            assert cache.get("x") == "x"  # x is now more recent than y
+            for _ in range(256):
+                assert cache.get("z") == "z"
+            cache.set("w", "w")  # evicts the least recently used: y
+            return repr(sorted(l1.iter_keys())).encode()
+
+        assert report_from_child(child, PATIENCE) == repr(["w", "x", "z"]).encode()
     finally:
         finish.set()
         reader.join(PATIENCE)
