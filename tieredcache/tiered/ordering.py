@@ -355,11 +355,8 @@ class WriteSlot:
                 lock = states[i].lock(tier)
                 if timeout is None:
                     lock.acquire()
-                elif not lock.acquire(timeout=max(timeout, 0.0)):
-                    raise KeyBusyError(
-                        f"an earlier write of {keys[i]!r} held the key for {timeout:g}s",
-                        backend="l2" if tier == L2 else "l1",
-                    )
+                else:
+                    _acquire_within(lock, timeout, keys[i], tier)
                 taken.append(lock)
             if supersede and seq < self._ordering.cleared:
                 return None
@@ -390,11 +387,8 @@ class WriteSlot:
         lock = state.lock(tier)
         if timeout is None:
             lock.acquire()
-        elif not lock.acquire(timeout=max(timeout, 0.0)):
-            raise KeyBusyError(
-                f"an earlier write of {self.keys[0]!r} held the key for {timeout:g}s",
-                backend="l2" if tier == L2 else "l1",
-            )
+        else:
+            _acquire_within(lock, timeout, self.keys[0], tier)
         try:
             written = state.written
             if supersede and (seq < self._ordering.cleared or written[tier] > seq):
@@ -405,6 +399,15 @@ class WriteSlot:
             return result
         finally:
             lock.release()
+
+
+def _acquire_within(lock: threading.Lock, timeout: float, key: str, tier: int) -> None:
+    """Take a write's lock of ``key`` for layer ``tier``, waiting at most ``timeout``."""
+    if not lock.acquire(timeout=max(timeout, 0.0)):
+        raise KeyBusyError(
+            f"an earlier write of {key!r} held the key for {timeout:g}s",
+            backend="l2" if tier == L2 else "l1",
+        )
 
 
 class Leg:
